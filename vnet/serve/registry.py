@@ -1,0 +1,19 @@
+"""The service factories the daemon starts for each network, in start order.
+
+Each entry is a callable ``create(network, ctx) -> Service | None`` (None: the network does not
+want that service). To add a service: one import and one entry. Keep this module trivial.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from vnet.model import Network
+from vnet.serve import Service, ServiceContext
+from vnet.serve.dhcp import create as create_dhcp
+
+Factory = Callable[[Network, ServiceContext], Service | None]
+
+FACTORIES: tuple[Factory, ...] = (
+    create_dhcp,
+)
