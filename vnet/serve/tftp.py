@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import socket
+import struct
 import sys
 import threading
 import time
@@ -185,6 +186,7 @@ class TftpService:
     def _serve(self, sock: socket.socket, client: tuple[str, int], accepted: Accepted) -> None:
         transfer = accepted.transfer
         monotonic, send, recv = time.monotonic, sock.send, sock.recv
+        armed = 0.0  # the kernel receive timeout (SO_RCVTIMEO) currently set
         try:
             for datagram in transfer.start(monotonic()):
                 send(datagram)
@@ -193,10 +195,14 @@ class TftpService:
                 if wait <= 0:
                     out = transfer.on_timeout(monotonic())
                 else:
-                    sock.settimeout(wait)
+                    # A kernel timeout instead of Python's settimeout(): no poll() per packet,
+                    # and shutdown() wakes a blocked recv. Re-armed only when it drifts.
+                    if abs(armed - wait) > 0.05 * armed + 0.001:
+                        _set_recv_timeout(sock, wait)
+                        armed = wait
                     try:
                         datagram = recv(_RECV)
-                    except TimeoutError:
+                    except BlockingIOError:
                         out = transfer.on_timeout(monotonic())
                     except ConnectionRefusedError:
                         continue  # ICMP port unreachable for an earlier send; the timer decides
@@ -234,6 +240,12 @@ class TftpService:
     def _count(self, key: str) -> None:
         with self._lock:
             self._stats[key] += 1
+
+
+def _set_recv_timeout(sock: socket.socket, seconds: float) -> None:
+    usec = max(1000, int(seconds * 1_000_000))
+    timeval = struct.pack("ll", *divmod(usec, 1_000_000))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
 
 
 def main(argv: list[str] | None = None) -> int:
