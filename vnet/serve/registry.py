@@ -11,9 +11,11 @@ from collections.abc import Callable
 from vnet.model import Network
 from vnet.serve import Service, ServiceContext
 from vnet.serve.dhcp import create as create_dhcp
+from vnet.serve.dns import create as create_dns
 
 Factory = Callable[[Network, ServiceContext], Service | None]
 
 FACTORIES: tuple[Factory, ...] = (
     create_dhcp,
+    create_dns,
 )
