@@ -1,0 +1,28 @@
+"""``vnet apply [NET...]``: make the host match the definitions; prints what it did."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from vnet.commands._common import model_of, print_json
+from vnet.reconcile import apply_model
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("apply", parents=[common], help="create/modify/delete to match definitions")
+    p.add_argument("networks", nargs="*", metavar="NET")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    done = apply_model(model_of(args), args.networks)
+    if args.json:
+        print_json(done)
+    elif not done:
+        print("no changes")
+    else:
+        for line in done:
+            print(line)
+    return 0

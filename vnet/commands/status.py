@@ -1,0 +1,90 @@
+"""``vnet status [--json]``: networks, their bridge and ports (device names) and their state."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from vnet.commands._common import model_of, print_json
+from vnet.host import netlink
+from vnet.model import Model
+from vnet.plan import Observed, PlanConflict, desired_model, plan, restrict
+from vnet.reconcile import owned_networks
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("status", parents=[common], help="show networks, ports and their state")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)
+
+
+def status_of(model: Model, observed: Observed) -> list[dict[str, Any]]:
+    """Per network: in sync or not, the bridge, each port with its device and state. Pure."""
+    have = observed.by_name()
+    out: list[dict[str, Any]] = []
+    defined = {n.name for n in model.networks}
+    for net in model.networks:
+        desired = restrict(desired_model([net]), [net.name])
+        try:
+            pending = len(plan(desired, observed, scope=[net.name]))
+            sync = "in sync" if pending == 0 else f"{pending} change(s) pending"
+        except PlanConflict as err:
+            sync = f"conflict: {err}"
+        entry: dict[str, Any] = {"name": net.name, "mode": str(net.mode), "source": net.source,
+                                 "state": sync, "ports": []}
+        if net.bridge is not None:
+            br = have.get(net.bridge.name)
+            entry["bridge"] = {
+                "ifname": net.bridge.name,
+                "state": _state(br),
+                "addresses": [str(a) for a in br.addresses] if br else [],
+            }
+        if net.uplink is not None:
+            up = have.get(net.uplink.device)
+            entry["uplink"] = {"ifname": net.uplink.device, "state": _state(up)}
+        for g in net.guests:
+            link = have.get(g.ifname)
+            entry["ports"].append({
+                "guest": g.name, "ifname": g.ifname, "kind": str(g.port), "mac": g.mac,
+                "state": _state(link), "carrier": bool(link and link.carrier),
+                "master": link.master if link else None,
+            })
+        out.append(entry)
+    for name in owned_networks(observed):
+        if name not in defined:
+            links = [link.ifname for link in observed.links if link.owner_network == name]
+            out.append({"name": name, "state": "not defined (run 'vnet down NET' or 'vnet apply')",
+                        "links": links, "ports": []})
+    return out
+
+
+def _state(link: Any) -> str:
+    if link is None:
+        return "missing"
+    return "up" if link.up else "down"
+
+
+def run(args: argparse.Namespace) -> int:
+    model = model_of(args)
+    observed = netlink.observe()
+    data = status_of(model, observed)
+    if args.json:
+        print_json(data)
+        return 0
+    if not data:
+        print("no networks defined")
+    for net in data:
+        print(f"network {net['name']} ({net.get('mode', '?')}): {net['state']}")
+        if "bridge" in net:
+            br = net["bridge"]
+            addrs = " ".join(br["addresses"])
+            print(f"  bridge {br['ifname']}: {br['state']} {addrs}".rstrip())
+        if "uplink" in net:
+            print(f"  uplink {net['uplink']['ifname']}: {net['uplink']['state']}")
+        for p in net["ports"]:
+            carrier = "carrier" if p["carrier"] else "no carrier"
+            print(f"  port {p['ifname']} ({p['kind']}, guest {p['guest']}, {p['mac']}): "
+                  f"{p['state']}, {carrier}")
+        for link in net.get("links", []):
+            print(f"  link {link}")
+    return 0
