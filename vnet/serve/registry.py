@@ -12,10 +12,12 @@ from vnet.model import Network
 from vnet.serve import Service, ServiceContext
 from vnet.serve.dhcp import create as create_dhcp
 from vnet.serve.dns import create as create_dns
+from vnet.serve.tftp import create as create_tftp
 
 Factory = Callable[[Network, ServiceContext], Service | None]
 
 FACTORIES: tuple[Factory, ...] = (
     create_dhcp,
     create_dns,
+    create_tftp,
 )
