@@ -1,10 +1,296 @@
-"""DHCPv4 transport (placeholder; the real transport lands next)."""
+"""DHCPv4 transport: one UDP listener per network bridge, around ``vnet.dhcp.server.DhcpCore``.
+
+decode -> core.handle(packet, now) -> (commit to the lease store, then) send. A blocking
+socket loop in its own thread (no asyncio: its UDP transport costs a 256 KiB read per datagram).
+Datagrams are drained in batches; the batch's ACKs are handed to the lease store together and
+sent from its writer thread once durable. Relayed requests (giaddr set) are answered by the
+network whose subnet holds giaddr, whichever bridge they arrived on; unknown relays are refused
+and counted. The socket's errors and malformed input never stop the loop.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
+import ipaddress
+import logging
+import select
+import socket
+import struct
+import threading
+import time
+import weakref
+from collections.abc import Callable
+
+from vnet.dhcp import codec
+from vnet.dhcp.lease import Row
+from vnet.dhcp.server import BROADCAST_IP, DhcpCore, Outcome, ServerConfig
+from vnet.errors import HostError
+from vnet.events import EventBus
+from vnet.leases import LeaseStore, store_for
 from vnet.model import Network
 from vnet.serve import Service, ServiceContext
 
+log = logging.getLogger(__name__)
+
+SIOCSARP = 0x8955
+ATF_COM = 0x02
+ARPHRD_ETHER = 1
+BATCH = 256
+EXPIRE_EVERY = 1.0
+RECV_SIZE = 4096  # larger than any DHCP message we answer; bigger ones are truncated -> dropped
+
+
+class _Directory:
+    """The DHCP services of one daemon, to route relayed requests by giaddr."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.services: tuple[DhcpService, ...] = ()
+
+    def add(self, service: DhcpService) -> None:
+        with self.lock:
+            self.services = (*self.services, service)
+
+    def remove(self, service: DhcpService) -> None:
+        with self.lock:
+            self.services = tuple(s for s in self.services if s is not service)
+
+    def for_relay(self, giaddr: bytes) -> DhcpService | None:
+        ip = int.from_bytes(giaddr, "big")
+        for service in self.services:
+            if service.core.owns_relay(ip):
+                return service
+        return None
+
+
+_directories: weakref.WeakKeyDictionary[EventBus, _Directory] = weakref.WeakKeyDictionary()
+
+
+def _directory(events: EventBus) -> _Directory:
+    directory = _directories.get(events)
+    if directory is None:
+        directory = _directories[events] = _Directory()
+    return directory
+
+
+def _arpreq(ip: bytes, mac: bytes, ifname: bytes) -> bytes:
+    """struct arpreq: protocol address, hardware address, flags, netmask, device."""
+    pa = struct.pack("=H", socket.AF_INET) + b"\0\0" + ip + b"\0" * 8
+    ha = struct.pack("=H", ARPHRD_ETHER) + mac + b"\0" * 8
+    return pa + ha + struct.pack("=i", ATF_COM) + b"\0" * 16 + ifname.ljust(16, b"\0")
+
+
+class DhcpService:
+    """The DHCP server of one network: a socket bound to its bridge and a receive thread."""
+
+    name = "dhcp"
+
+    def __init__(
+        self, network: Network, config: ServerConfig, ctx: ServiceContext, ifname: str,
+        store: LeaseStore | None = None,
+    ) -> None:
+        self.network = network
+        self.config = config
+        self.ctx = ctx
+        self.ifname = ifname
+        self.store = store if store is not None else store_for(ctx.state_dir)
+        self.core = DhcpCore(config, [])
+        self.lock = threading.Lock()
+        self.counters: dict[str, int] = dict.fromkeys(
+            ("received", "malformed", "relay_refused", "sent", "send_errors", "arp_fallback"), 0
+        )
+        self._sock: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._directory = _directory(ctx.events)
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
+
+    # ----- Service protocol -----
+
+    def start(self) -> None:
+        self.core = DhcpCore(self.config, self.store.load(self.config.network))
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self.ifname.encode())
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+            sock.bind(("0.0.0.0", 67))
+            sock.setblocking(False)
+        except OSError as err:
+            sock.close()
+            raise HostError(
+                f"network {self.config.network!r}: cannot listen for DHCP on {self.ifname}: {err}"
+            ) from err
+        self._sock = sock
+        self._stop.clear()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._directory.add(self)
+        self._thread = threading.Thread(
+            target=self._loop, name=f"vnet-dhcp-{self.config.network}", daemon=True
+        )
+        self._thread.start()
+        log.info(
+            "%s: DHCP on %s (%s, %d leases loaded)", self.config.network, self.ifname,
+            self.config.subnet, len(self.core.by_ip),
+        )
+
+    def stop(self) -> None:
+        self._directory.remove(self)
+        self._stop.set()
+        if self._wake_w is not None:
+            with contextlib.suppress(OSError):
+                self._wake_w.send(b"x")
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+        self.store.flush()
+        for s in (self._sock, self._wake_r, self._wake_w):
+            if s is not None:
+                s.close()
+        self._sock = self._wake_r = self._wake_w = None
+
+    def stats(self) -> dict[str, int]:
+        with self.lock:
+            out = dict(self.core.counters)
+        out.update(self.counters)
+        return out
+
+    # ----- the loop -----
+
+    def _loop(self) -> None:
+        sock = self._sock
+        assert sock is not None
+        wake = self._wake_r
+        assert wake is not None
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        poller.register(wake.fileno(), select.POLLIN)
+        next_expire = 0.0
+        recvfrom = sock.recvfrom
+        while not self._stop.is_set():
+            try:
+                poller.poll(500)
+            except InterruptedError:
+                continue
+            now = time.time()
+            if now >= next_expire:
+                next_expire = now + EXPIRE_EVERY
+                self._expire(now)
+            sends: dict[DhcpService, list[Outcome]] = {}
+            rows: list[Row] = []
+            for _ in range(BATCH):
+                try:
+                    data, _addr = recvfrom(RECV_SIZE)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as err:
+                    log.warning("%s: receive failed: %s", self.config.network, err)
+                    break
+                try:
+                    self._one(data, now, sends, rows)
+                except Exception:
+                    log.exception("%s: request handling failed", self.config.network)
+            if sends:
+                self._dispatch(sends, rows)
+
+    def _one(
+        self, data: bytes, now: float, sends: dict[DhcpService, list[Outcome]], rows: list[Row]
+    ) -> None:
+        self.counters["received"] += 1
+        try:
+            pkt = codec.decode(data)
+        except codec.MalformedPacket as err:
+            self.counters["malformed"] += 1
+            log.debug("%s: dropped malformed packet: %s", self.config.network, err)
+            return
+        service = self
+        if pkt.giaddr != codec.ZERO_IP and not self.core.owns_relay(int.from_bytes(pkt.giaddr)):
+            other = self._directory.for_relay(pkt.giaddr)
+            if other is None:
+                self.counters["relay_refused"] += 1
+                log.debug("%s: refused relay %s: no network holds it", self.config.network,
+                          ipaddress.IPv4Address(pkt.giaddr))
+                return
+            service = other
+        with service.lock:
+            out = service.core.handle(pkt, now)
+        if out is None:
+            return
+        sends.setdefault(service, []).append(out)
+        if out.commit is not None:
+            rows.append(out.commit)
+
+    def _expire(self, now: float) -> None:
+        with self.lock:
+            outs = self.core.expire(now)
+        if outs:
+            self._dispatch({self: outs}, [o.commit for o in outs if o.commit is not None])
+
+    def _dispatch(self, sends: dict[DhcpService, list[Outcome]], rows: list[Row]) -> None:
+        """Send replies that need no commit now, the others once the store made them durable."""
+        later: list[tuple[DhcpService, Outcome]] = []
+        for service, outs in sends.items():
+            for out in outs:
+                if out.commit is None:
+                    if out.reply is not None:
+                        service._send(out)
+                else:
+                    later.append((service, out))
+        if later:
+            events = self.ctx.events
+            self.store.submit(rows, _after_commit(later, events))
+
+    def _send(self, out: Outcome) -> None:
+        sock = self._sock
+        if sock is None or out.reply is None:
+            return
+        dest = out.dest
+        if out.arp_mac is not None and not self._teach_arp(dest, out.arp_mac):
+            dest = BROADCAST_IP
+        try:
+            sock.sendto(out.reply, (socket.inet_ntoa(dest), out.port))
+            self.counters["sent"] += 1
+        except OSError as err:
+            self.counters["send_errors"] += 1
+            if err.errno not in (errno.EAGAIN, errno.ENOBUFS):
+                log.warning("%s: send to %s failed: %s", self.config.network,
+                            socket.inet_ntoa(dest), err)
+
+    def _teach_arp(self, ip: bytes, mac: bytes) -> bool:
+        """Unicast to a client without an address: put its MAC in the ARP table first."""
+        sock = self._sock
+        assert sock is not None
+        try:
+            fcntl.ioctl(sock.fileno(), SIOCSARP, _arpreq(ip, mac, self.ifname.encode()))
+        except OSError:
+            self.counters["arp_fallback"] += 1
+            return False
+        return True
+
+
+def _after_commit(
+    later: list[tuple[DhcpService, Outcome]], events: EventBus
+) -> Callable[[], None]:
+    def done() -> None:
+        for service, out in later:
+            if out.reply is not None:
+                service._send(out)
+        for _, out in later:
+            if out.event is not None:
+                events.publish(out.event)
+
+    return done
+
 
 def create(network: Network, ctx: ServiceContext) -> Service | None:
-    return None
+    """The DHCP service of ``network``, or None when it has no bridge or no DHCP settings."""
+    config = ServerConfig.from_network(network)
+    if config is None or network.bridge is None:
+        return None
+    return DhcpService(network, config, ctx, network.bridge.name)

@@ -1,0 +1,147 @@
+"""Real DHCP clients (udhcpc, dhclient, dhcpcd) in guest namespaces against ``vnet daemon``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import NetnsFactory, ns_exec, wait_for
+from tests.priv.dhcp_env import DhcpLab, read_env
+
+pytestmark = pytest.mark.priv
+
+
+@pytest.fixture
+def lab(netns_factory: NetnsFactory, tmp_path: Path) -> Iterator[DhcpLab]:
+    lab = DhcpLab(netns_factory, tmp_path)
+    try:
+        lab.start_daemon()
+        yield lab
+    finally:
+        lab.close()
+
+
+def lease_json(lab: DhcpLab) -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = json.loads(lab.leases("--json", "--all"))
+    return rows
+
+
+def test_udhcpc_gets_lease_with_options(lab: DhcpLab) -> None:
+    ns = lab.guest("52:54:00:00:01:01")
+    lab.udhcpc(ns, "-O", "staticroutes", "-O", "mtu", "-O", "search", "-x", "hostname:guest1")
+    env = read_env(lab.out / "udhcpc.bound.env")
+    assert env["ip"].startswith("10.77.0.1")
+    assert 100 <= int(env["ip"].rsplit(".", 1)[1]) <= 199
+    assert env["subnet"] == "255.255.255.0"
+    assert env["router"] == "10.77.0.1"
+    assert env["dns"] == "10.77.0.1"
+    assert env["domain"] == "lab.test"
+    assert env["mtu"] == "1400"
+    assert env["staticroutes"] == "192.168.50.0/24 10.77.0.1 0.0.0.0/0 10.77.0.1"
+    assert env["search"] == "lab.test"
+    rows = lease_json(lab)
+    assert [(r["mac"], r["ip"], r["hostname"], r["state"]) for r in rows] == [
+        ("52:54:00:00:01:01", env["ip"], "guest1", "bound")
+    ]
+
+
+def test_reservation_gets_reserved_ip_and_hostname(lab: DhcpLab) -> None:
+    ns = lab.guest("52:54:00:00:00:10")
+    lab.udhcpc(ns)
+    env = read_env(lab.out / "udhcpc.bound.env")
+    assert env["ip"] == "10.77.0.10"
+    assert env["hostname"] == "web1"
+    assert "web1" in lab.leases("lab")
+
+
+def test_dhclient_gets_lease_with_options(lab: DhcpLab) -> None:
+    ns = lab.guest("52:54:00:00:02:01")
+    lab.dhclient(ns)
+    env = read_env(lab.out / "dhclient.BOUND.env")
+    assert env["new_ip_address"].startswith("10.77.0.")
+    assert env["new_routers"] == "10.77.0.1"
+    assert env["new_domain_name_servers"] == "10.77.0.1"
+    assert env["new_domain_name"] == "lab.test"
+    assert env["new_interface_mtu"] == "1400"
+    assert env["new_rfc3442_classless_static_routes"] == "24 192 168 50 10 77 0 1 0 10 77 0 1"
+    # Release frees it.
+    lab.dhclient(ns, "-r")
+    assert wait_for(lambda: lease_json(lab)[0]["state"] == "released")
+
+
+def test_dhcpcd_gets_lease(lab: DhcpLab) -> None:
+    # dhcpcd keeps /var/lib/dhcpcd/IFNAME.lease: a name of our own, removed afterwards.
+    ifname = f"vnd{os.getpid() % 100000}"
+    lease_file = Path(f"/var/lib/dhcpcd/{ifname}.lease")
+    try:
+        _dhcpcd(lab, ifname)
+    finally:
+        lease_file.unlink(missing_ok=True)
+
+
+def _dhcpcd(lab: DhcpLab, ifname: str) -> None:
+    ns = lab.guest("52:54:00:00:03:01", ifname)
+    conf = lab.tmp / "dhcpcd.conf"
+    conf.write_text(
+        "option routers, domain_name_servers, domain_name, interface_mtu, "
+        "classless_static_routes\n"
+    )
+    script = lab.tmp / "dhcpcd.sh"
+    script.write_text(f'#!/bin/sh\nenv > "{lab.out}/dhcpcd.$reason.env"\n')
+    script.chmod(0o755)
+    proc = ns_exec(ns, "dhcpcd", "-4", "-1", "-B", "-A", "-t", "20", "-f", str(conf),
+                   "-c", str(script), ifname, timeout=40)
+    assert (lab.out / "dhcpcd.BOUND.env").exists(), proc.stderr
+    env = read_env(lab.out / "dhcpcd.BOUND.env")
+    assert env["new_ip_address"].startswith("10.77.0.")
+    assert env["new_routers"] == "10.77.0.1"
+    assert env["new_domain_name_servers"] == "10.77.0.1"
+    assert env["new_domain_name"] == "lab.test"
+    assert env["new_interface_mtu"] == "1400"
+    assert env["new_classless_static_routes"] == "192.168.50.0/24 10.77.0.1 0.0.0.0/0 10.77.0.1"
+    assert [r["ip"] for r in lease_json(lab)] == [env["new_ip_address"]]
+
+
+def test_renew_keeps_address_and_release_frees_it(lab: DhcpLab) -> None:
+    ns = lab.guest("52:54:00:00:04:01")
+    client = lab.udhcpc_daemon(ns)
+    try:
+        assert wait_for(lambda: (lab.out / "udhcpc.bound.env").exists(), timeout=20)
+        ip = read_env(lab.out / "udhcpc.bound.env")["ip"]
+        client.send_signal(signal.SIGUSR1)
+        assert wait_for(lambda: (lab.out / "udhcpc.renew.env").exists(), timeout=20)
+        assert read_env(lab.out / "udhcpc.renew.env")["ip"] == ip
+        client.send_signal(signal.SIGUSR2)
+        assert wait_for(
+            lambda: [(r["ip"], r["state"]) for r in lease_json(lab)] == [(ip, "released")]
+        )
+    finally:
+        client.kill()
+        client.wait()
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["graceful", "kill9"])
+def test_clients_keep_addresses_across_daemon_restart(lab: DhcpLab, how: int) -> None:
+    ns = lab.guest("52:54:00:00:05:01")
+    client = lab.udhcpc_daemon(ns)
+    try:
+        assert wait_for(lambda: (lab.out / "udhcpc.bound.env").exists(), timeout=20)
+        ip = read_env(lab.out / "udhcpc.bound.env")["ip"]
+        lab.stop_daemon(how)
+        lab.start_daemon()
+        client.send_signal(signal.SIGUSR1)
+        assert wait_for(lambda: (lab.out / "udhcpc.renew.env").exists(), timeout=20)
+        assert read_env(lab.out / "udhcpc.renew.env")["ip"] == ip
+        # A new client is not handed the same address.
+        other = lab.guest("52:54:00:00:05:02")
+        (lab.out / "udhcpc.bound.env").unlink()
+        lab.udhcpc(other)
+        assert read_env(lab.out / "udhcpc.bound.env")["ip"] != ip
+    finally:
+        client.kill()
+        client.wait()

@@ -1,0 +1,236 @@
+"""The lease store: SQLite in WAL mode at ``STATE_DIR/leases.db``, the only writer of leases.
+
+Durability contract: ``submit(rows, done)`` queues lease rows; a writer thread commits every row
+queued since its last commit in one transaction with ``synchronous=FULL`` (group commit: while
+one fsync runs, the next batch gathers), and only then calls ``done`` (the DHCP transport sends
+its ACKs there). So an ACK a client saw is on disk, also after ``kill -9``; the table's primary
+key (network, ip) means one address has one holder.
+
+Readers: ``LeaseStore.active_leases(network)`` (in-process, e.g. the DNS service at start), or
+``read_leases(db_path)`` without a running daemon (``vnet leases``). ``store_for(state_dir)``
+gives every service of the process the same store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from vnet.dhcp.lease import BOUND, Lease, Row
+from vnet.errors import HostError
+
+log = logging.getLogger(__name__)
+
+DB_NAME = "leases.db"
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS leases (
+    network  TEXT NOT NULL,
+    ip       TEXT NOT NULL,
+    mac      TEXT NOT NULL,
+    client   BLOB NOT NULL,
+    hostname TEXT,
+    expires  REAL NOT NULL,
+    state    TEXT NOT NULL,
+    PRIMARY KEY (network, ip)
+) WITHOUT ROWID
+"""
+UPSERT = "INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?, ?, ?)"
+COLUMNS = "network, ip, mac, client, hostname, expires, state"
+
+
+@dataclass(frozen=True)
+class LeaseRecord:
+    """One lease as other parts of vnet see it."""
+
+    network: str
+    ip: ipaddress.IPv4Address
+    mac: str
+    hostname: str | None
+    expires: float
+    state: str
+    client: bytes
+
+    @property
+    def active(self) -> bool:
+        return self.state == BOUND and self.expires > time.time()
+
+
+def _record(row: tuple[str, str, str, bytes, str | None, float, str]) -> LeaseRecord:
+    network, ip, mac, client, hostname, expires, state = row
+    return LeaseRecord(network, ipaddress.IPv4Address(ip), mac, hostname, expires, state, client)
+
+
+def _query(
+    conn: sqlite3.Connection, network: str | None, active_at: float | None
+) -> list[LeaseRecord]:
+    sql = f"SELECT {COLUMNS} FROM leases"
+    where: list[str] = []
+    args: list[object] = []
+    if network is not None:
+        where.append("network = ?")
+        args.append(network)
+    if active_at is not None:
+        where.append("state = ? AND expires > ?")
+        args += [BOUND, active_at]
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    records = [_record(r) for r in conn.execute(sql, args)]
+    records.sort(key=lambda r: (r.network, r.ip))
+    return records
+
+
+def read_leases(
+    db_path: Path, network: str | None = None, active_only: bool = False
+) -> list[LeaseRecord]:
+    """Leases from a lease database, opened read-only (no daemon needed). [] if none exists."""
+    if not db_path.exists():
+        return []
+    try:
+        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5.0)
+    except sqlite3.Error as err:
+        raise HostError(f"cannot open lease database {db_path}: {err}") from err
+    try:
+        return _query(conn, network, time.time() if active_only else None)
+    except sqlite3.Error as err:
+        raise HostError(f"cannot read lease database {db_path}: {err}") from err
+    finally:
+        conn.close()
+
+
+class LeaseStore:
+    """The one writer of ``leases.db``; see the module docstring for the contract."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.execute(SCHEMA)
+        except (OSError, sqlite3.Error) as err:
+            raise HostError(f"cannot open lease database {path}: {err}") from err
+        self._read_lock = threading.Lock()
+        self._reader = sqlite3.connect(str(path), check_same_thread=False)
+        self._cond = threading.Condition()
+        self._pending: list[tuple[Iterable[Row], Callable[[], None] | None]] = []
+        self._busy = False
+        self._closing = False
+        self.commits = 0
+        self.rows_written = 0
+        self.errors = 0
+        self._thread = threading.Thread(target=self._writer, name="vnet-leases", daemon=True)
+        self._thread.start()
+
+    # ----- writing -----
+
+    def submit(self, rows: Iterable[Row], done: Callable[[], None] | None = None) -> None:
+        """Queue rows; ``done`` runs in the writer thread once they are durable."""
+        with self._cond:
+            if self._closing:
+                raise HostError(f"lease store {self.path} is closed")
+            self._pending.append((rows, done))
+            self._cond.notify()
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Wait until everything submitted so far is committed."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._pending or self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise HostError(f"lease store {self.path}: flush timed out")
+                self._cond.wait(left)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._thread.join(timeout=30)
+        self._conn.close()
+        self._reader.close()
+
+    def _writer(self) -> None:
+        conn = self._conn
+        while True:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+                while not self._pending and not self._closing:
+                    self._cond.wait()
+                if not self._pending and self._closing:
+                    return
+                batch = self._pending
+                self._pending = []
+                self._busy = True
+            rows = [row for group, _ in batch for row in group]
+            try:
+                conn.execute("BEGIN")
+                conn.executemany(UPSERT, rows)
+                conn.execute("COMMIT")
+            except sqlite3.Error:
+                self.errors += 1
+                log.exception("lease database %s: commit of %d rows failed", self.path, len(rows))
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                continue  # not durable: replies stay unsent, clients retry
+            self.commits += 1
+            self.rows_written += len(rows)
+            for _, done in batch:
+                if done is not None:
+                    try:
+                        done()
+                    except Exception:
+                        log.exception("lease store callback failed")
+
+    # ----- reading -----
+
+    def load(self, network: str) -> list[Lease]:
+        """Every stored lease of ``network`` (all states), for the DHCP core at start."""
+        with self._read_lock:
+            rows = self._reader.execute(
+                f"SELECT {COLUMNS} FROM leases WHERE network = ?", (network,)
+            ).fetchall()
+        return [
+            Lease(int(ipaddress.IPv4Address(ip)), mac, client, state, expires, hostname)
+            for _, ip, mac, client, hostname, expires, state in rows
+        ]
+
+    def active_leases(self, network: str | None = None) -> list[LeaseRecord]:
+        """Bound, unexpired leases (of one network or all), as committed."""
+        with self._read_lock:
+            return _query(self._reader, network, time.time())
+
+    def all_leases(self, network: str | None = None) -> list[LeaseRecord]:
+        with self._read_lock:
+            return _query(self._reader, network, None)
+
+
+_stores: dict[Path, LeaseStore] = {}
+_stores_lock = threading.Lock()
+
+
+def store_for(state_dir: Path) -> LeaseStore:
+    """The process's store for ``state_dir`` (opened on first use)."""
+    path = (state_dir / DB_NAME).resolve()
+    with _stores_lock:
+        store = _stores.get(path)
+        if store is None:
+            store = _stores[path] = LeaseStore(path)
+        return store
+
+
+def close_store(state_dir: Path) -> None:
+    """Flush and close the process's store for ``state_dir`` (the daemon, at exit)."""
+    path = (state_dir / DB_NAME).resolve()
+    with _stores_lock:
+        store = _stores.pop(path, None)
+    if store is not None:
+        store.close()
