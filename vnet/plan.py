@@ -306,6 +306,9 @@ def plan(desired: Desired, observed: Observed, scope: Sequence[str] | None = Non
             ups.append(Action("modify", spec.ifname, spec.network, spec.kind, spec, diff, old=cur))
     for e in desired.enslave:
         cur = have.get(e.ifname)
+        if cur is None and e.ifname in wanted:  # a link this plan creates (a VLAN on a bond)
+            cur = LinkState(ifname=e.ifname, kind=wanted[e.ifname].kind,
+                            alias=wanted[e.ifname].alias)
         if cur is None:
             conflicts.append(f"network {e.network!r}: {e.key}: {e.ifname!r} does not exist")
             continue

@@ -79,8 +79,10 @@ def read_network(file: str, doc: Any, problems: list[Any],
     r.only_keys(TOP_KEYS)
     name = r.convert("name", as_net_name, required=True)
     mode = r.convert("mode", as_mode, required=True)
-    if name is None or mode is None:
+    if mode is None:  # every other check depends on the mode
         return None
+    valid_name = name is not None
+    name = name or "invalid"
 
     bridge = _read_bridge(r, name, mode)
     uplink = _read_uplink(r, mode)
@@ -113,6 +115,8 @@ def read_network(file: str, doc: Any, problems: list[Any],
         r.problem("policies", "mode open installs no vnet rules; remove policies or change mode")
     guests = _read_guests(r, name, mode, uplink, bridge, ipv4, known_policies)
     forwards = _read_forwards(r, mode, guests)
+    if not valid_name:
+        return None
     return Network(
         name=name,
         mode=mode,
@@ -232,7 +236,7 @@ def _read_policy_list(r: Reader, key: str, known: set[str] | None) -> tuple[str,
         if not _POLICY_NAME.match(name):
             holder.problem(i, f"{name!r} is not a policy name")
         elif known is not None and name not in known:
-            holder.problem(i, f"unknown policy {name!r} (known: {', '.join(sorted(known))})")
+            holder.problem(i, f"unknown policy {name!r}: not built in, and no {name}.yaml in the policy dir")
         else:
             out.append(name)
     return tuple(out)
