@@ -4,6 +4,7 @@ refusals from a fresh port, prompt stop. Real UDP sockets, an in-test client, no
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 import socket
 import time
@@ -12,7 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from vnet.serve.tftp import TftpService
+from vnet.events import EventBus
+from vnet.model import Ipv4Spec, Mode, Network, TftpSpec
+from vnet.serve import ServiceContext
+from vnet.serve.tftp import TftpService, create
 from vnet.tftp.options import Limits
 from vnet.tftp.packet import (
     Data,
@@ -234,3 +238,14 @@ def wait(predicate: object, timeout: float = 3.0) -> bool:
             return True
         time.sleep(0.01)
     return False
+
+
+def test_factory_serves_the_network_root_on_its_gateway(root: Path) -> None:
+    ctx = ServiceContext(root, root, EventBus())
+    net = Network("lab", Mode.ISOLATED, ipv4=Ipv4Spec(ipaddress.IPv4Interface("10.9.0.1/24")))
+    assert create(net, ctx) is None
+    with_tftp = Network("lab", Mode.ISOLATED, ipv4=net.ipv4,
+                        tftp=TftpSpec(str(root), max_transfers_per_client=3))
+    svc = create(with_tftp, ctx)
+    assert isinstance(svc, TftpService)
+    assert (svc.address, svc.port, svc.root, svc.max_per_client) == ("10.9.0.1", 69, root, 3)
