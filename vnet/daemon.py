@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import importlib
 import logging
 import os
 import signal
@@ -54,9 +53,9 @@ def load(options: DaemonOptions) -> Model:
 
 def apply_l2(model: Model) -> list[str]:
     """Bridges, ports and the bridge addresses of ``model`` (``vnet.reconcile``)."""
-    reconcile = importlib.import_module("vnet.reconcile")
-    lines: list[str] = reconcile.apply_model(model)
-    return lines
+    from vnet.reconcile import apply_model  # pulls in pyroute2: only when applying
+
+    return apply_model(model)
 
 
 class Daemon:

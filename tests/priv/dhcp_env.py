@@ -68,7 +68,9 @@ def read_env(path: Path) -> dict[str, str]:
 
 
 class DhcpLab:
-    def __init__(self, netns: NetnsFactory, tmp: Path, config: str = CONFIG) -> None:
+    def __init__(
+        self, netns: NetnsFactory, tmp: Path, config: str = CONFIG, manual_l2: bool = True
+    ) -> None:
         self.netns = netns
         self.tmp = tmp
         self.host = netns("h")
@@ -82,9 +84,11 @@ class DhcpLab:
         self.daemon: subprocess.Popen[bytes] | None = None
         self.log = tmp / "daemon.log"
         self._guests = 0
-        sh("ip", "-n", self.host, "link", "add", BRIDGE, "type", "bridge")
-        sh("ip", "-n", self.host, "addr", "add", "10.77.0.1/24", "dev", BRIDGE)
-        sh("ip", "-n", self.host, "link", "set", BRIDGE, "up")
+        self.manual_l2 = manual_l2
+        if manual_l2:
+            sh("ip", "-n", self.host, "link", "add", BRIDGE, "type", "bridge")
+            sh("ip", "-n", self.host, "addr", "add", "10.77.0.1/24", "dev", BRIDGE)
+            sh("ip", "-n", self.host, "link", "set", BRIDGE, "up")
         self.udhcpc_script = self._script("udhcpc.sh", UDHCPC_SCRIPT)
         self.dhclient_script = self._script("dhclient.sh", DHCLIENT_SCRIPT)
         (tmp / "dhclient.conf").write_text(DHCLIENT_CONF)
@@ -104,10 +108,14 @@ class DhcpLab:
         sh("ip", "-n", self.host, "link", "set", port, "master", BRIDGE)
         return ns
 
+    def write_config(self, text: str) -> None:
+        (self.config_dir / "lab.yaml").write_text(text)
+
     def start_daemon(self, *extra: str) -> None:
         log = self.log.open("ab")
+        apply = ["--no-apply"] if self.manual_l2 else []
         self.daemon = subprocess.Popen(
-            ["ip", "netns", "exec", self.host, VNET, "daemon", "--no-apply",
+            ["ip", "netns", "exec", self.host, VNET, "daemon", *apply,
              "--config-dir", str(self.config_dir), "--state-dir", str(self.state_dir),
              "--run-dir", str(self.run_dir), "--policy-dir", str(self.tmp / "nopolicies"),
              *extra],
