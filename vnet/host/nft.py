@@ -1,0 +1,182 @@
+"""The only module that talks to nftables: libnftables through Debian's ``python3-nftables``.
+
+vnet owns exactly two tables, ``bridge vnet`` and ``inet vnet``, and never lists, reads or
+changes any other. Everything is JSON (``man libnftables-json``):
+
+- ``check(doc)``: the kernel validates the whole transaction and aborts it (``--check``);
+- ``replace(doc)``: check, then apply as ONE transaction (the compiled document begins with
+  add table / delete table / add table, so the old tables go and the new ones come atomically;
+  a rejected batch leaves the old ruleset untouched);
+- ``update_elements(commands)``: one small transaction of set/map element changes (adding a
+  guest, a lease moving an address) on a fresh context, so no large cache is carried along;
+- ``delete_tables()``: remove vnet's tables, tolerating that they are gone;
+- ``list_table(family)``: one of vnet's tables as JSON (with handles), for doctor and tests.
+
+When the kernel rejects a document, the error names the first rule it rejects by the rule's
+comment, which the compiler sets to the policy ``FILE:LINE``. libnftables errors never leave
+this module raw: they become ``HostError`` with the library's message chained.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import nftables
+
+from vnet.errors import HostError
+
+TABLES = (("bridge", "vnet"), ("inet", "vnet"))
+
+Json = Any
+
+
+class NftError(HostError):
+    """libnftables refused a command; ``detail`` is its error output."""
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        self.detail = detail
+        super().__init__(message + (f": {detail.strip()}" if detail.strip() else ""))
+
+
+def _context(dry_run: bool = False) -> Any:
+    ctx = nftables.Nftables()
+    ctx.set_json_output(True)
+    ctx.set_handle_output(True)
+    ctx.set_dry_run(dry_run)
+    return ctx
+
+
+def _run(doc: Json, *, dry_run: bool = False) -> str:
+    """Run one JSON document as one transaction; return the error text ('' on success)."""
+    ctx = _context(dry_run)
+    try:
+        rc, _out, err = ctx.json_cmd(doc)
+    except Exception as exc:  # ctypes/JSON failures inside the binding
+        raise NftError("libnftables failed", repr(exc)) from exc
+    return "" if rc == 0 else (err or f"error {rc}")
+
+
+def _owned(command: Json) -> bool:
+    """True when a command only touches one of vnet's tables."""
+    if not isinstance(command, dict) or len(command) != 1:
+        return "metainfo" in command if isinstance(command, dict) else False
+    (verb, body), = command.items()
+    if verb == "metainfo":
+        return True
+    if not isinstance(body, dict) or len(body) != 1:
+        return False
+    (_kind, obj), = body.items()
+    family = obj.get("family")
+    table = obj.get("name") if "table" in body else obj.get("table")
+    return (family, table) in TABLES
+
+
+def _checked_doc(doc: Json) -> Json:
+    items = doc.get("nftables") if isinstance(doc, dict) else None
+    if not isinstance(items, list):
+        raise NftError("not an nftables JSON document (want {\"nftables\": [...]})")
+    foreign = [c for c in items if not _owned(c)]
+    if foreign:
+        raise NftError("refusing to touch a table vnet does not own", json.dumps(foreign[0])[:200])
+    return doc
+
+
+def _rule_label(command: Json) -> str:
+    body = command.get("add", {}).get("rule", {}) if isinstance(command, dict) else {}
+    comment = body.get("comment")
+    where = f"{body.get('family')} {body.get('table')} chain {body.get('chain')}"
+    return f"{comment} ({where})" if comment else where
+
+
+def _locate(doc: Json) -> str:
+    """Find the first rule the kernel rejects: check structure + each rule alone."""
+    items = doc["nftables"]
+    structure = [c for c in items if "add" not in c or not ({"rule", "element"} & set(c["add"]))]
+    rules = [c for c in items if "add" in c and "rule" in c["add"]]
+    if _run({"nftables": structure}, dry_run=True):
+        return "a table, chain or set definition"
+    for rule in rules:
+        if _run({"nftables": [*structure, rule]}, dry_run=True):
+            return "rule " + _rule_label(rule)
+    return "set or map elements"
+
+
+def check(doc: Json) -> None:
+    """Let the kernel validate ``doc`` without applying it; NftError names what it rejects."""
+    _checked_doc(doc)
+    err = _run(doc, dry_run=True)
+    if err:
+        raise NftError(f"nftables rejected {_locate(doc)}", err)
+
+
+def replace(doc: Json) -> None:
+    """Check ``doc``, then apply it as one transaction (old tables out, new ones in)."""
+    check(doc)
+    err = _run(doc)
+    if err:
+        raise NftError(f"nftables rejected {_locate(doc)}", err)
+
+
+def update_elements(commands: Sequence[Json]) -> None:
+    """Apply set/map element changes as one transaction."""
+    if not commands:
+        return
+    for command in commands:
+        verb = next(iter(command))
+        if verb not in ("add", "delete") or set(command[verb]) != {"element"}:
+            raise NftError("update_elements only changes set/map elements",
+                           json.dumps(command)[:200])
+    doc = _checked_doc({"nftables": list(commands)})
+    err = _run(doc)
+    if err:
+        raise NftError("nftables refused an element update", err)
+
+
+def delete_tables(tables: Iterable[tuple[str, str]] = TABLES) -> None:
+    """Remove vnet's tables (one transaction); gone already is fine."""
+    commands: list[Json] = []
+    for family, name in tables:
+        if (family, name) not in TABLES:
+            raise NftError(f"table {family} {name} is not vnet's")
+        commands.append({"add": {"table": {"family": family, "name": name}}})
+        commands.append({"delete": {"table": {"family": family, "name": name}}})
+    err = _run({"nftables": commands})
+    if err:
+        raise NftError("cannot delete vnet's tables", err)
+
+
+def list_table(family: str, name: str = "vnet") -> list[Json] | None:
+    """One of vnet's tables as libnftables JSON objects (with handles); None if absent."""
+    if (family, name) not in TABLES:
+        raise NftError(f"table {family} {name} is not vnet's")
+    ctx = _context()
+    rc, out, err = ctx.cmd(f"list table {family} {name}")
+    if rc != 0:
+        if "No such file or directory" in err:
+            return None
+        raise NftError(f"cannot list table {family} {name}", err)
+    data = json.loads(out)
+    items: list[Json] = data.get("nftables", [])
+    return items
+
+
+def run_text(command: str) -> str:
+    """Run one nft command line given as text and return its output (doctor's read-only
+    queries such as ``list hooks``); NftError on failure."""
+    ctx = _context()
+    ctx.set_json_output(False)
+    rc, out, err = ctx.cmd(command)
+    if rc != 0:
+        raise NftError(f"nft {command!r} failed", err)
+    return str(out)
+
+
+def run_json(command: str) -> Json:
+    """Run one read-only nft command line with JSON output (doctor: ``list ruleset``)."""
+    ctx = _context()
+    rc, out, err = ctx.cmd(command)
+    if rc != 0:
+        raise NftError(f"nft {command!r} failed", err)
+    return json.loads(out) if out.strip() else {}

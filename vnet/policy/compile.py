@@ -1,0 +1,727 @@
+"""Model + policy library (+ live leases) -> the nftables JSON document for vnet's own tables.
+
+Pure and deterministic: the same inputs give byte-identical JSON. No I/O, no kernel access.
+
+Two tables, both named ``vnet`` (docs/policies.md draws the packet path):
+
+``bridge vnet`` (stateless, sees every frame of a guest port)
+    Dispatches by port: ``iifname vmap @out`` (frames from a guest, prerouting hook) and
+    ``oifname vmap @in`` (frames to a guest, forward and output hooks) jump to one chain per
+    (network, profile). It evaluates the profile for frames the IP stage does not see (ARP,
+    other ether types, VLAN-tagged frames) and tags every frame with the port's id
+    (``meta mark``, ``0x76xxxxxx``) so the IP stage knows which guest port it came from or goes to.
+
+``inet vnet`` (stateful, via ``br_netfilter``)
+    Evaluates the same profiles for IPv4/IPv6 packets, with conntrack: outbound in the
+    prerouting hook (keyed by the port mark), inbound in the forward hook (port mark for bridged
+    packets, ``ip daddr`` for routed ones). Then the network's forwarding mode (nat, route,
+    isolated), what guests may reach on the host (DHCP, DNS, TFTP) and NAT (masquerade, port
+    forwards).
+
+Each frame is evaluated exactly once against the ordered rule list, by the stage that can see it,
+so first-match order holds. Per-guest facts (port, MAC, addresses) live only in set and map
+elements: adding a guest whose profile already exists, or a lease moving an address, is an
+element change (``port_commands``, ``binding_commands``), not a new ruleset.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import zlib
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from vnet.errors import ConfigError, Problem
+from vnet.model import Mode, Model, Network
+from vnet.policy import nftjson as nj
+from vnet.policy.ast import Match, Rule, SetDef, Value, rule_classes
+from vnet.policy.library import Library, Profile
+
+TABLE = "vnet"
+PORT_MARK_TAG = 0x7600_0000
+PORT_MARK_MASK = 0xFF00_0000
+PORT_ID_MASK = 0x00FF_FFFF
+HANDOFF_ALL = frozenset({"ip", "ip6"})
+HOST_UDP_PORTS = (53, 67, 69)  # DNS, DHCP, TFTP
+HOST_TCP_PORTS = (53,)
+LOG_RATE = nj.limit(10, "minute", 5)
+L3_MODES = (Mode.NAT, Mode.ROUTE, Mode.ISOLATED)
+
+Leases = Mapping[tuple[str, str], Collection[ipaddress.IPv4Address]]
+"""Live DHCP leases: (network name, guest MAC) -> addresses currently leased to it."""
+
+
+@dataclass(frozen=True)
+class Port:
+    """A filtered guest port and everything its elements are made of."""
+
+    network: str
+    guest: str
+    ifname: str
+    mac: str
+    mark: int
+    chains: tuple[str, str]  # (outbound chain, inbound chain); same names in both tables
+    ips: tuple[ipaddress.IPv4Address, ...]
+
+
+@dataclass
+class Compiled:
+    """A compiled ruleset: the commands of the full document plus what incremental updates and
+    ``explain`` need to know about it."""
+
+    commands: list[nj.Command]
+    ports: dict[str, Port] = field(default_factory=dict)  # by ifname
+    profiles: dict[tuple[str, tuple[str, ...]], tuple[str, str]] = field(default_factory=dict)
+    network_index: dict[str, int] = field(default_factory=dict)
+    forwards: dict[str, list[tuple[str, int, str]]] = field(default_factory=dict)
+    handoff: frozenset[str] = HANDOFF_ALL
+    notes: list[str] = field(default_factory=list)
+
+    def document(self) -> dict[str, nj.Json]:
+        return nj.document(self.commands)
+
+    def port_for(self, network: str, mac: str) -> Port | None:
+        return next(
+            (p for p in self.ports.values() if p.network == network and p.mac == mac), None
+        )
+
+
+# --- naming --------------------------------------------------------------------------------
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_]")
+
+
+def _token(text: str, limit: int = 24) -> str:
+    return _UNSAFE.sub("_", text)[:limit]
+
+
+def _truncate(text: str, limit: int) -> str:
+    raw = text.encode()
+    if len(raw) <= limit:
+        return text
+    return raw[:limit].decode(errors="ignore")
+
+
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() and c != '"' else "_" for c in text)
+
+
+def port_mark(network: str, ifname: str, used: Collection[int]) -> int:
+    """A stable port id: 24 bits of CRC-32 of ``network/ifname``, probing past ids in use."""
+    ident = zlib.crc32(f"{network}/{ifname}".encode()) & PORT_ID_MASK or 1
+    while PORT_MARK_TAG | ident in used:
+        ident = ident % PORT_ID_MASK + 1
+    return PORT_MARK_TAG | ident
+
+
+# --- expressions for matches --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Stage:
+    family: str  # "bridge" or "inet"
+    direction: str  # "inbound" / "outbound"
+    classes: frozenset[str]  # frame classes this stage evaluates
+    network: Network
+    net_index: int
+    set_names: Mapping[tuple[str, str], str]  # (policy, set) -> table set name
+
+    @property
+    def port_key(self) -> nj.Expr:
+        if self.family == "inet":
+            return nj.meta("mark")
+        return nj.meta("iifname" if self.direction == "outbound" else "oifname")
+
+
+class _Never(Exception):
+    """The match can never be true in this network (e.g. $NET without IPv4)."""
+
+
+class _Always(Exception):
+    """The match is always true in this network (e.g. a negated $NET without IPv4)."""
+
+
+_FIELDS: dict[str, tuple[str, str]] = {
+    "ether_saddr": ("ether", "saddr"),
+    "ether_daddr": ("ether", "daddr"),
+    "vlan": ("vlan", "id"),
+    "arp_op": ("arp", "operation"),
+    "arp_sha": ("arp", "saddr ether"),
+    "arp_spa": ("arp", "saddr ip"),
+    "arp_tpa": ("arp", "daddr ip"),
+}
+
+
+def _literal_json(key: str, text: str) -> nj.Json:
+    if key in ("sport", "dport", "set_port"):
+        if "-" in text:
+            low, high = text.split("-")
+            return nj.range_(int(low), int(high))
+        return int(text)
+    if key == "vlan" or (key == "ether_type" and text.isdigit()):
+        return int(text)
+    if key in ("saddr", "daddr", "arp_spa", "arp_tpa", "set_addr") and "/" in text:
+        addr, length = text.split("/")
+        return nj.prefix(addr, int(length))
+    return text
+
+
+def _field(rule: Rule, m: Match, stage: _Stage, classes: frozenset[str]) -> nj.Expr:
+    if m.key in _FIELDS:
+        header, name = _FIELDS[m.key]
+        return nj.payload(header, name)
+    if m.key in ("saddr", "daddr"):
+        family = "ip6" if classes <= {"ip6"} else "ip"
+        return nj.payload(family, m.key)
+    if m.key in ("sport", "dport"):
+        proto = rule.match("proto")
+        assert proto is not None
+        if len(proto.values) == 1:
+            return nj.payload(proto.values[0].text, m.key)
+        return nj.payload("th", m.key)
+    if m.key == "type":
+        proto = rule.match("proto")
+        assert proto is not None
+        return nj.payload(proto.values[0].text, "type")
+    if m.key == "proto":
+        return nj.meta("l4proto")
+    if m.key == "state":
+        return nj.ct("state")
+    raise AssertionError(m.key)
+
+
+def _var_match(m: Match, value: Value, left: nj.Expr, stage: _Stage) -> nj.Stmt:
+    op = "!=" if m.negate else "=="
+    net = stage.network
+    if value.text in ("$MAC", "$IP", "$IP6"):
+        set_name = {"$MAC": "mac", "$IP": "ip4", "$IP6": "ip6"}[value.text]
+        return nj.match(nj.concat(stage.port_key, left), nj.set_ref(set_name), op)
+    if value.text == "$GUESTS":
+        return nj.match(left, nj.set_ref(f"guests_{stage.net_index}"), op)
+    if net.ipv4 is None:
+        raise _Always if m.negate else _Never
+    if value.text == "$NET":
+        return nj.match(left, nj.prefix(str(net.ipv4.network.network_address),
+                                        net.ipv4.network.prefixlen), op)
+    return nj.match(left, str(net.ipv4.gateway), op)
+
+
+def _match_stmts(rule: Rule, m: Match, stage: _Stage, classes: frozenset[str]) -> list[nj.Stmt]:
+    if m.key == "family":
+        if stage.family == "inet":
+            return []  # expressed by the stage classes (meta nfproto) below
+        types = [("ip" if v.text == "ipv4" else "ip6") for v in m.values]
+        return [nj.match(nj.payload("ether", "type"), nj.anon_set(types),
+                         "!=" if m.negate else "==")]
+    if m.key == "ether_type":
+        if stage.family == "inet":
+            return []  # the inet stage only sees IPv4/IPv6; classes decide (meta nfproto)
+        values = [_literal_json("ether_type", v.text) for v in m.values]
+        return [nj.match(nj.payload("ether", "type"), nj.anon_set(values),
+                         "!=" if m.negate else "==")]
+    left = _field(rule, m, stage, classes)
+    op = "!=" if m.negate else "=="
+    literals = [_literal_json(m.key, v.text) for v in m.values if v.kind == "literal"]
+    out: list[nj.Stmt] = [nj.match(left, nj.anon_set(literals), op)] if literals else []
+    for value in m.values:  # several only when negated: none of them may match
+        if value.kind == "literal":
+            continue
+        if value.kind == "set":
+            out.append(nj.match(left, nj.set_ref(stage.set_names[(rule.policy, value.text)]), op))
+            continue
+        try:
+            out.append(_var_match(m, value, left, stage))
+        except _Always:
+            continue
+    return out
+
+
+def _rule_stmts(rule: Rule, stage: _Stage) -> tuple[list[nj.Stmt], frozenset[str]] | None:
+    """The match statements of ``rule`` in ``stage``; None when it cannot match there."""
+    classes = rule_classes(rule) & stage.classes
+    if not classes:
+        return None
+    if stage.family == "bridge" and rule.match("state") is not None:
+        return None  # no conntrack in the bridge family (only reached without br_netfilter)
+    stmts: list[nj.Stmt] = []
+    if stage.family == "inet" and classes != stage.classes and classes:
+        nfproto = sorted("ipv4" if c == "ip" else "ipv6" for c in classes)
+        stmts.append(nj.match(nj.meta("nfproto"), nj.anon_set(nfproto)))
+    order = ("ether_type", "family", "vlan", "ether_saddr", "ether_daddr", "arp_op", "arp_sha",
+             "arp_spa", "arp_tpa", "saddr", "daddr", "proto", "type", "sport", "dport", "state")
+    for key in order:
+        m = rule.match(key)
+        if m is None:
+            continue
+        implied = rule.match("sport") or rule.match("dport") or rule.match("type")
+        if key == "proto" and implied and len(m.values) == 1 and not m.negate:
+            continue  # implied by "tcp dport" / "icmp type"
+        try:
+            stmts.extend(_match_stmts(rule, m, stage, classes))
+        except _Never:
+            return None
+    return stmts, classes
+
+
+def _verdict(action: str, stage: _Stage) -> list[nj.Stmt]:
+    if action == "accept":
+        if stage.family == "inet" and stage.direction == "outbound":
+            # the port id has done its job; don't leak it into routing or other tables
+            return [nj.set_meta("mark", 0), nj.accept()]
+        return [nj.accept()]
+    if action == "reject" and stage.family == "inet":
+        return [nj.reject()]
+    return [nj.drop()]
+
+
+def _comment(rule: Rule) -> str:
+    text = f"{rule.source} {rule.policy} {rule.direction} #{rule.index}"
+    if rule.comment:
+        text += f": {rule.comment}"
+    return _truncate(text, 127)
+
+
+def _log_prefix(rule: Rule) -> str:
+    return _truncate(_printable(f"vnet {rule.policy} {rule.direction[:-5]}#{rule.index} "), 127)
+
+
+def _profile_rules(profile: Profile, stage: _Stage, chain: str) -> list[nj.Command]:
+    fam = stage.family
+    cmds: list[nj.Command] = []
+    if fam == "bridge" and HANDOFF_ALL & stage.classes != HANDOFF_ALL:
+        handed = sorted(HANDOFF_ALL - stage.classes)
+        cmds.append(nj.add(nj.rule(fam, TABLE, chain, [
+            nj.match(nj.payload("ether", "type"), nj.anon_set(handed)), nj.return_(),
+        ], "IP packets are evaluated in table inet vnet (conntrack)")))
+    flow = profile.flow(stage.direction)
+    for rule in flow.rules:
+        built = _rule_stmts(rule, stage)
+        if built is None:
+            continue
+        stmts, _ = built
+        comment = _comment(rule)
+        if rule.log:
+            cmds.append(nj.add(nj.rule(fam, TABLE, chain, [
+                *stmts, LOG_RATE, nj.log(_log_prefix(rule))], comment)))
+        tail: list[nj.Stmt] = []
+        if rule.limit is not None:
+            tail.append(nj.limit(rule.limit.count, rule.limit.per))
+        if rule.counter:
+            tail.append(nj.counter())
+        cmds.append(nj.add(nj.rule(fam, TABLE, chain, [*stmts, *tail,
+                                                        *_verdict(rule.action, stage)], comment)))
+    src = flow.default_source
+    where = f"{src} " if src else ""
+    cmds.append(nj.add(nj.rule(fam, TABLE, chain, _verdict(flow.default, stage),
+                               _truncate(f"{where}default {stage.direction} {flow.default}", 127))))
+    return cmds
+
+
+# --- the document -------------------------------------------------------------------------
+
+
+_SET_TYPES = {"ipv4": "ipv4_addr", "ipv6": "ipv6_addr", "mac": "ether_addr", "port": "inet_service"}
+
+
+def _set_elements(sdef: SetDef) -> list[nj.Json]:
+    key = {"ipv4": "set_addr", "ipv6": "set_addr", "mac": "mac", "port": "set_port"}[sdef.type]
+    return [_literal_json(key, e) for e in sdef.elements]
+
+
+def _base_chains(fam: str) -> list[nj.Command]:
+    if fam == "bridge":
+        return [
+            nj.add(nj.chain(fam, TABLE, "prerouting", hook="prerouting", prio=-300)),
+            nj.add(nj.chain(fam, TABLE, "forward", hook="forward", prio=-300)),
+            nj.add(nj.chain(fam, TABLE, "output", hook="output", prio=-300)),
+        ]
+    return [
+        nj.add(nj.chain(fam, TABLE, "guest_out", hook="prerouting", prio=0)),
+        nj.add(nj.chain(fam, TABLE, "guest_in", hook="forward", prio=-1)),
+        nj.add(nj.chain(fam, TABLE, "forward", hook="forward", prio=0)),
+        nj.add(nj.chain(fam, TABLE, "host_in", hook="input", prio=0)),
+        nj.add(nj.chain(fam, TABLE, "nat_pre", hook="prerouting", prio=-100, type_="nat")),
+        nj.add(nj.chain(fam, TABLE, "nat_post", hook="postrouting", prio=100, type_="nat")),
+    ]
+
+
+def _tagged(op: str) -> nj.Stmt:
+    return nj.match(nj.bitand(nj.meta("mark"), PORT_MARK_MASK), PORT_MARK_TAG, op)
+
+
+def _dispatch_rules(fam: str) -> list[nj.Command]:
+    r = nj.rule
+    if fam == "bridge":
+        return [nj.add(x) for x in (
+            r(fam, TABLE, "prerouting", [
+                nj.set_meta("mark", nj.map_lookup(nj.meta("iifname"), "@port_mark"))]),
+            r(fam, TABLE, "prerouting", [nj.vmap(nj.meta("iifname"), "@out")]),
+            r(fam, TABLE, "forward", [_tagged("=="), nj.set_meta("mark", 0)]),
+            r(fam, TABLE, "forward", [
+                nj.set_meta("mark", nj.map_lookup(nj.meta("oifname"), "@port_mark"))]),
+            r(fam, TABLE, "forward", [nj.vmap(nj.meta("oifname"), "@in")]),
+            r(fam, TABLE, "output", [nj.vmap(nj.meta("oifname"), "@in")]),
+        )]
+    bridges = nj.set_ref("bridges")
+    return [nj.add(x) for x in (
+        r(fam, TABLE, "guest_out", [nj.match(nj.meta("iifname"), bridges),
+                                    nj.vmap(nj.meta("mark"), "@out")]),
+        r(fam, TABLE, "guest_in", [nj.match(nj.meta("oifname"), bridges), _tagged("=="),
+                                   nj.vmap(nj.meta("mark"), "@in")], "bridged to a guest port"),
+        r(fam, TABLE, "guest_in", [
+            nj.match(nj.meta("oifname"), bridges), _tagged("!="),
+            nj.set_meta("mark", nj.map_lookup(nj.payload("ip", "daddr"), "@ip4_port")),
+            nj.vmap(nj.meta("mark"), "@in"),
+        ], "routed to a guest address"),
+    )]
+
+
+def _network_rules(net: Network, ni: int, compiled: Compiled) -> list[nj.Command]:
+    """inet rules of one network's forwarding mode, host access and NAT."""
+    fam = "inet"
+    if net.bridge is None or net.mode not in L3_MODES:
+        return []
+    br = net.bridge.name
+    uplink = net.uplink.device if net.uplink is not None else None
+    iif = nj.match(nj.meta("iifname"), br)
+    oif = nj.match(nj.meta("oifname"), br)
+    cmt = _truncate(f"network {_printable(net.name)} ({net.mode.value})", 127)
+    rules: list[tuple[str, list[nj.Stmt]]] = []
+    fwd = "forward"
+    if net.mode == Mode.NAT:
+        rules.append((fwd, [iif, oif, nj.accept()]))
+        if uplink:
+            rules.append((fwd, [iif, nj.match(nj.meta("oifname"), uplink), nj.accept()]))
+        else:
+            rules.append((fwd, [iif, nj.accept()]))
+        rules.append((fwd, [oif, nj.match(nj.ct("state"), nj.anon_set(["established",
+                                                                        "related"])), nj.accept()]))
+        rules.append((fwd, [oif, nj.match(nj.ct("status"), "dnat"), nj.accept()]))
+        rules.append((fwd, [iif, nj.drop()]))
+        rules.append((fwd, [oif, nj.drop()]))
+    elif net.mode == Mode.ROUTE:
+        rules.append((fwd, [iif, nj.accept()]))
+        rules.append((fwd, [oif, nj.accept()]))
+    else:  # isolated
+        rules.append((fwd, [iif, oif, nj.accept()]))
+        rules.append((fwd, [iif, nj.drop()]))
+        rules.append((fwd, [oif, nj.drop()]))
+    est = nj.match(nj.ct("state"), nj.anon_set(["established", "related"]))
+    rules.append(("host_in", [iif, est, nj.accept()]))
+    rules.append(("host_in", [iif, nj.match(nj.payload("udp", "dport"),
+                                            nj.anon_set(list(HOST_UDP_PORTS))), nj.accept()]))
+    rules.append(("host_in", [iif, nj.match(nj.payload("tcp", "dport"),
+                                            nj.anon_set(list(HOST_TCP_PORTS))), nj.accept()]))
+    rules.append(("host_in", [iif, nj.drop()]))
+    if net.mode == Mode.NAT and net.ipv4 is not None:
+        prefix = nj.prefix(str(net.ipv4.network.network_address), net.ipv4.network.prefixlen)
+        out = nj.match(nj.meta("oifname"), uplink) if uplink else nj.match(
+            nj.meta("oifname"), br, "!=")
+        rules.append(("nat_post", [nj.match(nj.payload("ip", "saddr"), prefix),
+                                   nj.match(nj.payload("ip", "daddr"), prefix, "!="),
+                                   out, nj.masquerade()]))
+        for fw in net.forwards:
+            rules.append(("nat_pre", [
+                nj.match(nj.meta("iifname"), br, "!="),
+                nj.match({"fib": {"result": "type", "flags": ["daddr"]}}, "local"),
+                nj.match(nj.meta("l4proto"), fw.proto),
+                nj.match(nj.payload("th", "dport"), fw.port),
+                nj.dnat("ip", nj.map_lookup(nj.concat(nj.meta("l4proto"),
+                                                      nj.payload("th", "dport")),
+                                            f"@forwards_{ni}"), fw.to_port),
+            ]))
+            compiled.forwards.setdefault(net.name, []).append((fw.proto, fw.port, fw.guest))
+    return [nj.add(nj.rule(fam, TABLE, chain, stmts, cmt)) for chain, stmts in rules]
+
+
+def _guest_ips(
+    net: Network, mac: str, reserved: ipaddress.IPv4Address | None, leases: Leases
+) -> tuple[ipaddress.IPv4Address, ...]:
+    ips = set(leases.get((net.name, mac), ()))
+    if reserved is not None:
+        ips.add(reserved)
+    return tuple(sorted(ips))
+
+
+def policy_problems(model: Model, library: Library) -> list[Problem]:
+    """Problems of the model's use of policies: unknown names, policies where vnet cannot
+    filter (macvtap), port forwards to unknown guests. For ``vnet validate``."""
+    problems: list[Problem] = []
+    known = library.names()
+    for net in model.networks:
+        for name in net.policies:
+            if name not in known:
+                problems.append(Problem(net.source, 0, f"{net.name}.policies",
+                                        f"unknown policy {name!r}"))
+        for guest in net.guests:
+            for name in guest.policies:
+                if name not in known:
+                    problems.append(Problem(net.source, 0, f"guests.{guest.name}.policies",
+                                            f"unknown policy {name!r}"))
+            if (guest.policies or net.policies) and net.bridge is None:
+                problems.append(Problem(
+                    net.source, 0, f"guests.{guest.name}.policies",
+                    f"mode {net.mode.value} has no bridge: vnet cannot filter this guest "
+                    "(see docs/policies.md, 'macvtap')"))
+        for i, fw in enumerate(net.forwards):
+            if net.guest(fw.guest) is None:
+                problems.append(Problem(net.source, 0, f"forwards[{i}]",
+                                        f"unknown guest {fw.guest!r}"))
+            if net.mode != Mode.NAT:
+                problems.append(Problem(net.source, 0, f"forwards[{i}]",
+                                        f"port forwards need mode nat, not {net.mode.value}"))
+    return problems
+
+
+def compile_ruleset(
+    model: Model,
+    library: Library,
+    leases: Leases | None = None,
+    *,
+    handoff: frozenset[str] = HANDOFF_ALL,
+) -> dict[str, nj.Json]:
+    """The full nftables JSON document for vnet's tables (see ``compile_state``)."""
+    return compile_state(model, library, leases, handoff=handoff).document()
+
+
+def compile_state(
+    model: Model,
+    library: Library,
+    leases: Leases | None = None,
+    *,
+    handoff: frozenset[str] = HANDOFF_ALL,
+) -> Compiled:
+    """Compile everything. ``handoff``: the IP families ``br_netfilter`` passes to the inet
+    table (``bridge-nf-call-iptables`` -> "ip", ``-ip6tables`` -> "ip6"); families not handed
+    off are filtered statelessly in the bridge table, where rules with ``state`` are inactive.
+    Raises ConfigError for unknown policy names."""
+    leases = leases or {}
+    problems = [p for p in policy_problems(model, library)
+                if "unknown policy" in p.message]
+    if problems:
+        raise ConfigError(problems)
+    compiled = Compiled(commands=[], handoff=handoff)
+    structure: dict[str, list[nj.Command]] = {"bridge": [], "inet": []}
+    chains: dict[str, list[nj.Command]] = {"bridge": [], "inet": []}
+    rules: dict[str, list[nj.Command]] = {"bridge": [], "inet": []}
+    elements: dict[tuple[str, str], list[nj.Json]] = {}
+
+    def elem(fam: str, name: str, value: nj.Json) -> None:
+        elements.setdefault((fam, name), []).append(value)
+
+    # Policy sets used by any profile: one named set per (policy, set) in each table.
+    set_names: dict[tuple[str, str], str] = {}
+    used_sets: dict[tuple[str, str], SetDef] = {}
+    profiles: dict[tuple[str, ...], Profile] = {}
+    for net in model.networks:
+        if net.bridge is None:
+            continue
+        for guest in net.guests:
+            names = (*net.policies, *guest.policies)
+            if names:
+                profiles[names] = library.profile(names)
+    for profile in profiles.values():
+        for sdef in profile.sets:
+            used_sets[(sdef.policy, sdef.name)] = sdef
+    taken: set[str] = set()
+    for key in sorted(used_sets):
+        base = f"set_{_token(key[0])}_{_token(key[1])}"
+        name, n = base, 1
+        while name in taken:
+            n += 1
+            name = f"{base}_{n}"
+        taken.add(name)
+        set_names[key] = name
+
+    for fam in ("bridge", "inet"):
+        t = structure[fam]
+        t.append(nj.add(nj.table(fam, TABLE)))
+        t.append(nj.delete(nj.table(fam, TABLE)))
+        t.append(nj.add(nj.table(fam, TABLE)))
+        key_t = "ifname" if fam == "bridge" else "mark"
+        if fam == "bridge":
+            t.append(nj.add(nj.set_(fam, TABLE, "port_mark", "ifname", data="mark")))
+        else:
+            t.append(nj.add(nj.set_(fam, TABLE, "bridges", "ifname")))
+            t.append(nj.add(nj.set_(fam, TABLE, "ip4_port", "ipv4_addr", data="mark")))
+        t.append(nj.add(nj.set_(fam, TABLE, "out", key_t, data="verdict")))
+        t.append(nj.add(nj.set_(fam, TABLE, "in", key_t, data="verdict")))
+        t.append(nj.add(nj.set_(fam, TABLE, "mac", [key_t, "ether_addr"])))
+        t.append(nj.add(nj.set_(fam, TABLE, "ip4", [key_t, "ipv4_addr"])))
+        t.append(nj.add(nj.set_(fam, TABLE, "ip6", [key_t, "ipv6_addr"])))
+        for key, sdef in sorted(used_sets.items()):
+            flags = ["interval"] if sdef.type != "mac" else []
+            t.append(nj.add(nj.set_(fam, TABLE, set_names[key], _SET_TYPES[sdef.type],
+                                    flags=flags, elements=_set_elements(sdef),
+                                    comment=_truncate(f"{sdef.source} @{sdef.name}", 127))))
+        chains[fam].extend(_base_chains(fam))
+        rules[fam].extend(_dispatch_rules(fam))
+
+    bridge_classes = frozenset({"arp", "other"}) | (HANDOFF_ALL - handoff)
+    used_marks: set[int] = set()
+    bound_ips: set[ipaddress.IPv4Address] = set()
+    for ni, net in enumerate(model.networks):
+        compiled.network_index[net.name] = ni
+        if net.bridge is None:
+            if net.policies or any(g.policies for g in net.guests):
+                compiled.notes.append(f"network {net.name}: mode {net.mode.value} has no "
+                                      "bridge; its guests are not filtered")
+            continue
+        elem("inet", "bridges", net.bridge.name)
+        for fam in ("bridge", "inet"):
+            structure[fam].append(nj.add(nj.set_(fam, TABLE, f"guests_{ni}", "ether_addr")))
+        if net.mode == Mode.NAT and net.forwards:
+            structure["inet"].append(nj.add(nj.set_(
+                "inet", TABLE, f"forwards_{ni}", ["inet_proto", "inet_service"],
+                data="ipv4_addr")))
+        rules["inet"].extend(_network_rules(net, ni, compiled))
+        for guest in net.guests:
+            elem("bridge", f"guests_{ni}", guest.mac)
+            elem("inet", f"guests_{ni}", guest.mac)
+            names = (*net.policies, *guest.policies)
+            if not names:
+                continue
+            profile = profiles[names]
+            pkey = (net.name, names)
+            if pkey not in compiled.profiles:
+                pi = sum(1 for k in compiled.profiles if k[0] == net.name)
+                pair = (f"out_{ni}_{pi}", f"in_{ni}_{pi}")
+                compiled.profiles[pkey] = pair
+                for fam in ("bridge", "inet"):
+                    classes = bridge_classes if fam == "bridge" else handoff
+                    for chain_name, direction in zip(pair, ("outbound", "inbound"), strict=True):
+                        chains[fam].append(nj.add(nj.chain(fam, TABLE, chain_name)))
+                        stage = _Stage(fam, direction, classes, net, ni, set_names)
+                        rules[fam].extend(_profile_rules(profile, stage, chain_name))
+            ips = tuple(ip for ip in _guest_ips(net, guest.mac, guest.ip, leases)
+                        if ip not in bound_ips)
+            bound_ips.update(ips)
+            mark = port_mark(net.name, guest.ifname, used_marks)
+            used_marks.add(mark)
+            port = Port(net.name, guest.name, guest.ifname, guest.mac, mark,
+                        compiled.profiles[pkey], ips)
+            compiled.ports[guest.ifname] = port
+            for fam, name, value in _port_elements(port):
+                elem(fam, name, value)
+        for proto, port_no, gname in compiled.forwards.get(net.name, []):
+            target = net.guest(gname)
+            if target is None:
+                continue
+            ips = _guest_ips(net, target.mac, target.ip, leases)
+            if ips:
+                elem("inet", f"forwards_{ni}", [nj.concat(proto, port_no), str(ips[0])])
+
+    out: list[nj.Command] = []
+    for fam in ("bridge", "inet"):
+        out.extend(structure[fam])
+        out.extend(chains[fam])
+        out.extend(rules[fam])
+    for (fam, name), values in sorted(elements.items()):
+        unique = {_elem_sort_key(v): v for v in values}
+        if unique:
+            out.append(nj.add(nj.element(fam, TABLE, name,
+                                         [unique[k] for k in sorted(unique)])))
+    compiled.commands = out
+    return compiled
+
+
+def _elem_sort_key(value: nj.Json) -> str:
+    import json
+
+    return json.dumps(value, sort_keys=True)
+
+
+def _port_elements(port: Port) -> Iterable[tuple[str, str, nj.Json]]:
+    out_chain, in_chain = port.chains
+    yield "bridge", "port_mark", [port.ifname, port.mark]
+    yield "bridge", "out", [port.ifname, nj.verdict_jump(out_chain)]
+    yield "bridge", "in", [port.ifname, nj.verdict_jump(in_chain)]
+    yield "bridge", "mac", nj.concat(port.ifname, port.mac)
+    yield "inet", "out", [port.mark, nj.verdict_jump(out_chain)]
+    yield "inet", "in", [port.mark, nj.verdict_jump(in_chain)]
+    yield "inet", "mac", nj.concat(port.mark, port.mac)
+    yield from _ip_elements(port, port.ips)
+
+
+def _ip_elements(
+    port: Port, ips: Iterable[ipaddress.IPv4Address]
+) -> Iterable[tuple[str, str, nj.Json]]:
+    for ip in ips:
+        yield "bridge", "ip4", nj.concat(port.ifname, str(ip))
+        yield "inet", "ip4", nj.concat(port.mark, str(ip))
+        yield "inet", "ip4_port", [str(ip), port.mark]
+
+
+def _element_commands(
+    verb: str, items: Iterable[tuple[str, str, nj.Json]]
+) -> list[nj.Command]:
+    grouped: dict[tuple[str, str], list[nj.Json]] = {}
+    for fam, name, value in items:
+        grouped.setdefault((fam, name), []).append(value)
+    make = nj.add if verb == "add" else nj.delete
+    return [make(nj.element(fam, TABLE, name, values))
+            for (fam, name), values in sorted(grouped.items())]
+
+
+def port_commands(port: Port, *, add: bool) -> list[nj.Command]:
+    """Element changes that add (or remove) one guest port whose profile chains exist."""
+    return _element_commands("add" if add else "delete", _port_elements(port))
+
+
+def new_port(
+    compiled: Compiled, network: Network, guest_name: str, ips: Sequence[ipaddress.IPv4Address] = ()
+) -> Port | None:
+    """The Port for a guest added to ``network`` after ``compiled`` was built; None when its
+    profile has no chains yet (then a full ``compile_ruleset`` + replace is needed)."""
+    guest = network.guest(guest_name)
+    if guest is None:
+        return None
+    names = (*network.policies, *guest.policies)
+    pair = compiled.profiles.get((network.name, names))
+    if pair is None:
+        return None
+    used = {p.mark for p in compiled.ports.values()}
+    mark = port_mark(network.name, guest.ifname, used)
+    all_ips = sorted({*ips, *([guest.ip] if guest.ip else [])})
+    return Port(network.name, guest.name, guest.ifname, guest.mac, mark, pair, tuple(all_ips))
+
+
+def binding_commands(
+    port: Port,
+    old: Iterable[ipaddress.IPv4Address],
+    new: Iterable[ipaddress.IPv4Address],
+) -> list[nj.Command]:
+    """Element changes moving a port's ``$IP`` binding from ``old`` to ``new`` addresses."""
+    old_set, new_set = set(old), set(new)
+    gone = sorted(old_set - new_set)
+    came = sorted(new_set - old_set)
+    cmds = []
+    if gone:
+        cmds.extend(_element_commands("delete", _ip_elements(port, gone)))
+    if came:
+        cmds.extend(_element_commands("add", _ip_elements(port, came)))
+    return cmds
+
+
+def forward_commands(
+    compiled: Compiled, network: str, guest: str, old: ipaddress.IPv4Address | None,
+    new: ipaddress.IPv4Address | None,
+) -> list[nj.Command]:
+    """Element changes pointing the port forwards to ``guest`` at its new address."""
+    ni = compiled.network_index.get(network)
+    cmds: list[nj.Command] = []
+    for proto, port_no, gname in compiled.forwards.get(network, []):
+        if gname != guest or ni is None or old == new:
+            continue
+        key = nj.concat(proto, port_no)
+        if old is not None:
+            cmds.append(nj.delete(nj.element("inet", TABLE, f"forwards_{ni}", [key])))
+        if new is not None:
+            cmds.append(nj.add(nj.element("inet", TABLE, f"forwards_{ni}", [[key, str(new)]])))
+    return cmds
+
+
+def table_names() -> list[tuple[str, str]]:
+    """The (family, name) of every table vnet owns."""
+    return [("bridge", TABLE), ("inet", TABLE)]
