@@ -386,6 +386,11 @@ def _replace_changes(spec: LinkSpec, cur: LinkState) -> tuple[tuple[str, object,
             out.append(("multi-queue", cur.multi_queue, spec.multi_queue))
         if cur.vnet_hdr is not None and cur.vnet_hdr != spec.vnet_hdr:
             out.append(("vnet-hdr", cur.vnet_hdr, spec.vnet_hdr))
+    if spec.kind == "tap":  # the kernel can set a TAP's owner/group but never unset them
+        if cur.owner is not None and spec.owner is None:
+            out.append(("owner", cur.owner, None))
+        if cur.tap_group is not None and spec.tap_group is None:
+            out.append(("group", cur.tap_group, None))
     if spec.kind == "bond" and cur.bond_mode != spec.bond_mode:
         out.append(("bond-mode", cur.bond_mode, spec.bond_mode))
     return tuple(out)

@@ -383,10 +383,9 @@ def _change(host: _Host, s: LinkSpec, key: str, old: object, new: object) -> Non
         elif key == "macvtap-mode":
             host.ipr.link("set", index=idx, kind="macvtap", macvtap_mode=MACVTAP_CODES[str(new)])
         elif key in ("owner", "group"):
-            owner = new if key == "owner" else s.owner
-            group = new if key == "group" else s.tap_group
-            taps.set_tap_ids(s.ifname, owner=owner if isinstance(owner, int) else None,
-                             group=group if isinstance(group, int) else None,
+            value = new if isinstance(new, int) else None
+            taps.set_tap_ids(s.ifname, owner=value if key == "owner" else None,
+                             group=value if key == "group" else None,
                              multi_queue=bool(s.multi_queue), vnet_hdr=bool(s.vnet_hdr))
         elif key == "vlan":
             _set_port_vlan(host, s.ifname, old if isinstance(old, PortVlan) else None,

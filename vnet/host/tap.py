@@ -19,7 +19,6 @@ IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
 IFF_MULTI_QUEUE = 0x0100
 IFF_TUN_EXCL = 0x8000
-NO_ID = 0xFFFFFFFF  # (uid_t)-1: no owner / no group
 
 
 def _flags(multi_queue: bool, vnet_hdr: bool) -> int:
@@ -49,12 +48,17 @@ def create_tap(ifname: str, *, owner: int | None, group: int | None, multi_queue
 
 def set_tap_ids(ifname: str, *, owner: int | None, group: int | None, multi_queue: bool,
                 vnet_hdr: bool) -> None:
-    """Change the owner/group of an existing persistent TAP (None: nobody)."""
+    """Set the owner and/or group of an existing persistent TAP (None: leave as is).
+
+    The kernel cannot unset them again (it refuses (uid_t)-1); the planner recreates the TAP.
+    """
     fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
     try:
         fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", ifname.encode(),
                                                _flags(multi_queue, vnet_hdr)))
-        fcntl.ioctl(fd, TUNSETOWNER, NO_ID if owner is None else owner)
-        fcntl.ioctl(fd, TUNSETGROUP, NO_ID if group is None else group)
+        if owner is not None:
+            fcntl.ioctl(fd, TUNSETOWNER, owner)
+        if group is not None:
+            fcntl.ioctl(fd, TUNSETGROUP, group)
     finally:
         os.close(fd)
