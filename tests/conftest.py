@@ -43,7 +43,9 @@ def sh(*cmd: str, check: bool = True, timeout: float = 60, **kw: object) -> subp
     return proc  # type: ignore[no-any-return]
 
 
-def ns_exec(ns: str, *cmd: str, check: bool = True, timeout: float = 60, **kw: object) -> subprocess.CompletedProcess[str]:
+def ns_exec(
+    ns: str, *cmd: str, check: bool = True, timeout: float = 60, **kw: object
+) -> subprocess.CompletedProcess[str]:
     return sh("ip", "netns", "exec", ns, *cmd, check=check, timeout=timeout, **kw)
 
 

@@ -82,10 +82,12 @@ def test_apply_builds_bridge_and_taps_then_converges(vnet: Vnet) -> None:
     foreign = add_foreign(vnet.ns)
     vnet.write("lab", LAB)
     out = vnet("apply").stdout
-    assert "create bridge vn-lab" in out and "create tap lab-db1" in out
+    assert "create bridge vn-lab" in out
+    assert "create tap lab-db1" in out
     links = vnet.links()
     br = links["vn-lab"]
-    assert br["linkinfo"]["info_kind"] == "bridge" and br["mtu"] == 1500
+    assert br["linkinfo"]["info_kind"] == "bridge"
+    assert br["mtu"] == 1500
     assert br["ifalias"] == "vnet:lab:bridge"
     for name, guest in (("lab-web1", "web1"), ("lab-db1", "db1")):
         port = links[name]
@@ -94,7 +96,9 @@ def test_apply_builds_bridge_and_taps_then_converges(vnet: Vnet) -> None:
         assert port["ifalias"] == f"vnet:lab:port:{guest}"
         assert "UP" in port["flags"]
     db1 = links["lab-db1"]["linkinfo"]["info_data"]
-    assert db1["type"] == "tap" and db1["multi_queue"] is True and db1["user"] == 4242
+    assert db1["type"] == "tap"
+    assert db1["multi_queue"] is True
+    assert db1["user"] == 4242
     addrs = json.loads(ns_exec(vnet.ns, "ip", "-j", "addr", "show", "vn-lab").stdout)
     assert [(a["local"], a["prefixlen"]) for a in addrs[0]["addr_info"] if a["family"] == "inet"] == [
         ("10.77.0.1", 24)]
@@ -118,7 +122,8 @@ def test_changing_a_key_plans_exactly_that_modification(vnet: Vnet) -> None:
     ]
     vnet("apply")
     links = vnet.links()
-    assert links["vn-lab"]["mtu"] == 1400 and links["lab-web1"]["mtu"] == 1400
+    assert links["vn-lab"]["mtu"] == 1400
+    assert links["lab-web1"]["mtu"] == 1400
     assert links["lab-db1"]["linkinfo"]["info_data"]["user"] == 4243
     # A removed guest is deleted, the rest stays.
     vnet.write("lab", changed.replace('  - {name: web1, mac: "52:54:00:00:00:10"}\n', ""))
@@ -178,7 +183,8 @@ def test_conflicts_and_missing_members_change_nothing(vnet: Vnet) -> None:
     sh("ip", "-n", vnet.ns, "link", "del", "lab-web1")
     vnet.write("lab", LAB.replace("uplink: eth1", "uplink: eth7"))
     res = vnet("apply", check=False)
-    assert res.returncode == 1 and "network 'lab': uplink 'eth7' does not exist" in res.stderr
+    assert res.returncode == 1
+    assert "network 'lab': uplink 'eth7' does not exist" in res.stderr
     assert vnet.owned() == []
     for name in foreign:
         assert name in vnet.links()
@@ -212,9 +218,11 @@ def test_macvtap_network_gives_each_guest_its_mac(vnet: Vnet) -> None:
     g1 = vnet.links()["direct-g1"]
     assert g1["linkinfo"]["info_kind"] == "macvtap"
     assert g1["linkinfo"]["info_data"]["mode"] == "bridge"
-    assert g1["address"] == "52:54:00:00:02:01" and g1["link"] == "eth1"
+    assert g1["address"] == "52:54:00:00:02:01"
+    assert g1["link"] == "eth1"
     vnet.write("direct", (EXAMPLES / "direct.yaml").read_text().replace("{mode: bridge}", "{mode: vepa}"))
-    assert vnet("plan").stdout.strip() == "modify macvtap direct-g1 (network direct, guest g1): macvtap-mode bridge -> vepa"
+    assert vnet("plan").stdout.strip() == (
+        "modify macvtap direct-g1 (network direct, guest g1): macvtap-mode bridge -> vepa")
     vnet("apply")
     assert vnet.links()["direct-g1"]["linkinfo"]["info_data"]["mode"] == "vepa"
     vnet.assert_converged()

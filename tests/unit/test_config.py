@@ -67,27 +67,38 @@ def test_good_file_builds_the_model(tmp_path: Path) -> None:
     (tmp_path / "r.yaml").write_text((CASES / "good-route.yaml").read_text())
     net = load_model(tmp_path).networks[0]
     assert net.mode == Mode.ROUTE
-    assert net.bridge is not None and net.bridge.name == "vn-routed"
-    assert net.uplink is not None and net.uplink.device == "eth2"
+    assert net.bridge is not None
+    assert net.bridge.name == "vn-routed"
+    assert net.uplink is not None
+    assert net.uplink.device == "eth2"
     long_guest, ct = net.guests
-    assert long_guest.ifname.startswith("vn") and len(long_guest.ifname) == 12
-    assert ct.ifname == "routed-ct1" and ct.port == PortKind.VETH and ct.netns == "ct1"
-    assert net.ipv4 is not None and net.ipv4.dhcp is not None
+    assert long_guest.ifname.startswith("vn")
+    assert len(long_guest.ifname) == 12
+    assert ct.ifname == "routed-ct1"
+    assert ct.port == PortKind.VETH
+    assert ct.netns == "ct1"
+    assert net.ipv4 is not None
+    assert net.ipv4.dhcp is not None
     boot = net.ipv4.dhcp.boot
-    assert boot is not None and boot.arch_files == ((7, "ipxe.efi"),)
-    assert net.dns is not None and [f.domain for f in net.dns.forwarders] == [None, "corp.test"]
+    assert boot is not None
+    assert boot.arch_files == ((7, "ipxe.efi"),)
+    assert net.dns is not None
+    assert [f.domain for f in net.dns.forwarders] == [None, "corp.test"]
 
 
 def test_examples_validate_and_build() -> None:
     model = load_model(EXAMPLES)
     prod = model.network("prod")
-    assert prod is not None and prod.uplink is not None
+    assert prod is not None
+    assert prod.uplink is not None
     assert prod.uplink.device == "bond0.42"
     app1, fw1 = prod.guests
     assert app1.vlan == PortVlan(pvid=10)
     assert fw1.vlan == PortVlan(pvid=1, tagged=(10, 20, 30))
     lab = model.network("lab")
-    assert lab is not None and lab.guests[0].ip is not None and str(lab.guests[0].ip) == "10.77.0.10"
+    assert lab is not None
+    assert lab.guests[0].ip is not None
+    assert str(lab.guests[0].ip) == "10.77.0.10"
 
 
 def test_config_error_lists_all_problems(tmp_path: Path) -> None:

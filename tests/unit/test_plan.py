@@ -135,7 +135,8 @@ def test_bond_vlan_bridge_order_and_uplink_trunk(tmp_path: Path) -> None:
         ("create", "prod-app1"), ("create", "prod-fw1"),
     ]
     uplink = actions[5]
-    assert uplink.spec is not None and uplink.spec.port_vlan is not None
+    assert uplink.spec is not None
+    assert uplink.spec.port_vlan is not None
     assert uplink.spec.port_vlan.tagged == (10, 20, 30)
 
 
