@@ -180,3 +180,22 @@ def run_json(command: str) -> Json:
     if rc != 0:
         raise NftError(f"nft {command!r} failed", err)
     return json.loads(out) if out.strip() else {}
+
+
+def port_marks() -> dict[str, int]:
+    """The port ids vnet assigned (``bridge vnet`` map ``port_mark``): ifname -> mark."""
+    ctx = _context()
+    rc, out, err = ctx.cmd("list map bridge vnet port_mark")
+    if rc != 0:
+        if "No such file or directory" in err:
+            return {}
+        raise NftError("cannot list bridge vnet port_mark", err)
+    marks: dict[str, int] = {}
+    for item in json.loads(out).get("nftables", []):
+        body = item.get("map") if isinstance(item, dict) else None
+        if not body:
+            continue
+        for elem in body.get("elem", []):
+            if isinstance(elem, list) and len(elem) == 2:
+                marks[str(elem[0])] = int(elem[1])
+    return marks

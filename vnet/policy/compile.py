@@ -107,6 +107,12 @@ def _printable(text: str) -> str:
     return "".join(c if c.isprintable() and c != '"' else "_" for c in text)
 
 
+def net_key(network: str) -> str:
+    """A stable, nft-safe token for a network's per-network sets (``guests_KEY``,
+    ``forwards_KEY``): its sanitised name plus 24 bits of CRC-32 against clashes."""
+    return f"{_token(network, 20)}_{zlib.crc32(network.encode()) & 0xFFFFFF:06x}"
+
+
 def port_mark(network: str, ifname: str, used: Collection[int]) -> int:
     """A stable port id: 24 bits of CRC-32 of ``network/ifname``, probing past ids in use."""
     ident = zlib.crc32(f"{network}/{ifname}".encode()) & PORT_ID_MASK or 1
@@ -198,7 +204,7 @@ def _var_match(m: Match, value: Value, left: nj.Expr, stage: _Stage) -> nj.Stmt:
         set_name = {"$MAC": "mac", "$IP": "ip4", "$IP6": "ip6"}[value.text]
         return nj.match(nj.concat(stage.port_key, left), nj.set_ref(set_name), op)
     if value.text == "$GUESTS":
-        return nj.match(left, nj.set_ref(f"guests_{stage.net_index}"), op)
+        return nj.match(left, nj.set_ref(f"guests_{net_key(net.name)}"), op)
     if net.ipv4 is None:
         raise _Always if m.negate else _Never
     if value.text == "$NET":
@@ -397,7 +403,7 @@ def _network_rules(net: Network, ni: int, compiled: Compiled) -> list[nj.Command
             rules.append((fwd, [iif, nj.accept()]))
         rules.append((fwd, [oif, nj.match(nj.ct("state"), nj.anon_set(["established",
                                                                         "related"])), nj.accept()]))
-        rules.append((fwd, [oif, nj.match(nj.ct("status"), "dnat"), nj.accept()]))
+        rules.append((fwd, [oif, nj.match(nj.ct("status"), "dnat", "in"), nj.accept()]))
         rules.append((fwd, [iif, nj.drop()]))
         rules.append((fwd, [oif, nj.drop()]))
     elif net.mode == Mode.ROUTE:
@@ -429,7 +435,7 @@ def _network_rules(net: Network, ni: int, compiled: Compiled) -> list[nj.Command
                 nj.match(nj.payload("th", "dport"), fw.port),
                 nj.dnat("ip", nj.map_lookup(nj.concat(nj.meta("l4proto"),
                                                       nj.payload("th", "dport")),
-                                            f"@forwards_{ni}"), fw.to_port),
+                                            f"@forwards_{net_key(net.name)}"), fw.to_port),
             ]))
             compiled.forwards.setdefault(net.name, []).append((fw.proto, fw.port, fw.guest))
     return [nj.add(nj.rule(fam, TABLE, chain, stmts, cmt)) for chain, stmts in rules]
@@ -525,14 +531,14 @@ def compile_state(
         for sdef in profile.sets:
             used_sets[(sdef.policy, sdef.name)] = sdef
     taken: set[str] = set()
-    for key in sorted(used_sets):
-        base = f"set_{_token(key[0])}_{_token(key[1])}"
+    for skey in sorted(used_sets):
+        base = f"set_{_token(skey[0])}_{_token(skey[1])}"
         name, n = base, 1
         while name in taken:
             n += 1
             name = f"{base}_{n}"
         taken.add(name)
-        set_names[key] = name
+        set_names[skey] = name
 
     for fam in ("bridge", "inet"):
         t = structure[fam]
@@ -550,9 +556,9 @@ def compile_state(
         t.append(nj.add(nj.set_(fam, TABLE, "mac", [key_t, "ether_addr"])))
         t.append(nj.add(nj.set_(fam, TABLE, "ip4", [key_t, "ipv4_addr"])))
         t.append(nj.add(nj.set_(fam, TABLE, "ip6", [key_t, "ipv6_addr"])))
-        for key, sdef in sorted(used_sets.items()):
+        for skey, sdef in sorted(used_sets.items()):
             flags = ["interval"] if sdef.type != "mac" else []
-            t.append(nj.add(nj.set_(fam, TABLE, set_names[key], _SET_TYPES[sdef.type],
+            t.append(nj.add(nj.set_(fam, TABLE, set_names[skey], _SET_TYPES[sdef.type],
                                     flags=flags, elements=_set_elements(sdef),
                                     comment=_truncate(f"{sdef.source} @{sdef.name}", 127))))
         chains[fam].extend(_base_chains(fam))
@@ -569,16 +575,17 @@ def compile_state(
                                       "bridge; its guests are not filtered")
             continue
         elem("inet", "bridges", net.bridge.name)
+        key = net_key(net.name)
         for fam in ("bridge", "inet"):
-            structure[fam].append(nj.add(nj.set_(fam, TABLE, f"guests_{ni}", "ether_addr")))
+            structure[fam].append(nj.add(nj.set_(fam, TABLE, f"guests_{key}", "ether_addr")))
         if net.mode == Mode.NAT and net.forwards:
             structure["inet"].append(nj.add(nj.set_(
-                "inet", TABLE, f"forwards_{ni}", ["inet_proto", "inet_service"],
+                "inet", TABLE, f"forwards_{key}", ["inet_proto", "inet_service"],
                 data="ipv4_addr")))
         rules["inet"].extend(_network_rules(net, ni, compiled))
         for guest in net.guests:
-            elem("bridge", f"guests_{ni}", guest.mac)
-            elem("inet", f"guests_{ni}", guest.mac)
+            elem("bridge", f"guests_{key}", guest.mac)
+            elem("inet", f"guests_{key}", guest.mac)
             names = (*net.policies, *guest.policies)
             if not names:
                 continue
@@ -610,7 +617,7 @@ def compile_state(
                 continue
             ips = _guest_ips(net, target.mac, target.ip, leases)
             if ips:
-                elem("inet", f"forwards_{ni}", [nj.concat(proto, port_no), str(ips[0])])
+                elem("inet", f"forwards_{key}", [nj.concat(proto, port_no), str(ips[0])])
 
     out: list[nj.Command] = []
     for fam in ("bridge", "inet"):
@@ -705,20 +712,22 @@ def binding_commands(
 
 
 def forward_commands(
-    compiled: Compiled, network: str, guest: str, old: ipaddress.IPv4Address | None,
+    network: Network, guest: str, old: ipaddress.IPv4Address | None,
     new: ipaddress.IPv4Address | None,
 ) -> list[nj.Command]:
-    """Element changes pointing the port forwards to ``guest`` at its new address."""
-    ni = compiled.network_index.get(network)
+    """Element changes pointing ``network``'s port forwards to ``guest`` at its new address."""
     cmds: list[nj.Command] = []
-    for proto, port_no, gname in compiled.forwards.get(network, []):
-        if gname != guest or ni is None or old == new:
+    if network.mode != Mode.NAT or old == new:
+        return cmds
+    name = f"forwards_{net_key(network.name)}"
+    for fw in network.forwards:
+        if fw.guest != guest:
             continue
-        key = nj.concat(proto, port_no)
+        key = nj.concat(fw.proto, fw.port)
         if old is not None:
-            cmds.append(nj.delete(nj.element("inet", TABLE, f"forwards_{ni}", [key])))
+            cmds.append(nj.delete(nj.element("inet", TABLE, name, [key])))
         if new is not None:
-            cmds.append(nj.add(nj.element("inet", TABLE, f"forwards_{ni}", [[key, str(new)]])))
+            cmds.append(nj.add(nj.element("inet", TABLE, name, [[key, str(new)]])))
     return cmds
 
 
