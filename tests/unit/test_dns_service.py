@@ -269,11 +269,10 @@ def test_create_reads_leases_and_respects_disabled(tmp_path: Path) -> None:
     ctx = ServiceContext(tmp_path, tmp_path, EventBus())
     try:
         store = store_for(tmp_path)
-        store.submit([
+        store.write([
             ("lab", "127.77.0.40", "52:54:00:00:00:40", b"\x01", "seeded", time.time() + 600, BOUND),
             ("lab", "127.77.0.41", "52:54:00:00:00:41", b"\x01", "gone", time.time() - 1, BOUND),
         ])
-        store.flush()
         svc = create(network(), ctx)
         assert isinstance(svc, DnsService)
         assert "seeded.lab.vnet." in svc.zone.rrsets
@@ -294,3 +293,15 @@ def test_port_in_use_is_a_clear_error(bus: EventBus, tmp_path: Path) -> None:
             twin.start()
     finally:
         svc.stop()
+
+
+def test_portable_loop_without_recvmmsg(bus: EventBus, tmp_path: Path) -> None:
+    svc = start(network(), bus, tmp_path, batch=False)
+    try:
+        for _ in range(3):  # a miss, then hits from the reply cache
+            assert [str(r.rdata) for r in query(svc, "db.lab.vnet").rr] == ["127.77.0.5"]
+        assert query(svc, "db.lab.vnet", src="127.0.0.1").header.rcode == RCODE.REFUSED
+        assert query(svc, "nx.lab.vnet").header.rcode == RCODE.NXDOMAIN
+    finally:
+        svc.stop()
+    assert svc.stats()["hits"] == 2
