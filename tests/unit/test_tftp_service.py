@@ -41,7 +41,7 @@ def root(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def service(root: Path) -> Iterator[TftpService]:
-    svc = TftpService("tftp/test", "127.0.0.1", root, port=0, max_per_client=8,
+    svc = TftpService("127.0.0.1", root, port=0, max_per_client=8,
                       limits=Limits(default_timeout=0.2, retries=3))
     svc.start()
     try:
@@ -203,7 +203,7 @@ def test_per_client_transfer_limit(service: TftpService) -> None:
 
 
 def test_stop_ends_active_transfers_and_frees_the_port(root: Path) -> None:
-    svc = TftpService("tftp/test", "127.0.0.1", root, port=0)
+    svc = TftpService("127.0.0.1", root, port=0)
     svc.start()
     client = Client(svc)
     try:

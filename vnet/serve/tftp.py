@@ -48,26 +48,31 @@ def create(network: Network, ctx: ServiceContext) -> Service | None:
     if network.tftp is None or network.ipv4 is None:
         return None
     return TftpService(
-        name=f"tftp/{network.name}",
         address=str(network.ipv4.gateway),
         root=Path(network.tftp.root),
         max_per_client=network.tftp.max_transfers_per_client,
+        label=f"tftp/{network.name}",
     )
 
 
 class TftpService:
-    """Serve ``root`` read-only on ``address``:``port`` (port 0: any, see ``port`` after start)."""
+    """Serve ``root`` read-only on ``address``:``port`` (port 0: any, see ``port`` after start).
+
+    ``label`` names the service in logs and thread names (``tftp/<network>``).
+    """
+
+    name = "tftp"
 
     def __init__(
         self,
-        name: str,
         address: str,
         root: Path,
         port: int = TFTP_PORT,
         max_per_client: int = 8,
         limits: Limits = DEFAULT_LIMITS,
+        label: str = "tftp",
     ) -> None:
-        self.name = name
+        self.label = label
         self.address = address
         self.port = port
         self.root = root
@@ -89,14 +94,14 @@ class TftpService:
         except OSError as err:
             sock.close()
             raise HostError(
-                f"{self.name}: cannot listen on {self.address} port {self.port}: {err.strerror}"
+                f"{self.label}: cannot listen on {self.address} port {self.port}: {err.strerror}"
             ) from err
         self.port = sock.getsockname()[1]
         self._listener = sock
         self._stopping.clear()
-        self._thread = threading.Thread(target=self._listen, name=self.name, daemon=True)
+        self._thread = threading.Thread(target=self._listen, name=self.label, daemon=True)
         self._thread.start()
-        log.info("%s: serving %s on %s:%d", self.name, self.root, self.address, self.port)
+        log.info("%s: serving %s on %s:%d", self.label, self.root, self.address, self.port)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -140,7 +145,7 @@ class TftpService:
             try:
                 self._on_request(datagram, client)
             except Exception:
-                log.exception("%s: request from %s failed", self.name, client)
+                log.exception("%s: request from %s failed", self.label, client)
 
     def _on_request(self, datagram: bytes, client: tuple[str, int]) -> None:
         ip = client[0]
@@ -159,7 +164,7 @@ class TftpService:
             except Refused as err:
                 refusal = err
         if refusal is not None:
-            log.info("%s: refused %s: %s", self.name, client, refusal.message)
+            log.info("%s: refused %s: %s", self.label, client, refusal.message)
             self._count("refused")
             self._reply_error(client, refusal)
             return
@@ -172,7 +177,7 @@ class TftpService:
             os.close(accepted.file.fd)
             raise
         worker = threading.Thread(
-            target=self._serve, args=(sock, client, accepted), name=f"{self.name} {client}",
+            target=self._serve, args=(sock, client, accepted), name=f"{self.label} {client}",
             daemon=True,
         )
         with self._lock:
@@ -180,7 +185,7 @@ class TftpService:
             self._per_client[ip] += 1
             self._workers.add(worker)
             self._stats["started"] += 1
-        log.info("%s: %s reads %s", self.name, client, accepted.request.filename)
+        log.info("%s: %s reads %s", self.label, client, accepted.request.filename)
         worker.start()
 
     def _serve(self, sock: socket.socket, client: tuple[str, int], accepted: Accepted) -> None:
@@ -213,13 +218,13 @@ class TftpService:
                 for datagram in out:
                     send(datagram)
         except OSError as err:
-            log.info("%s: transfer to %s ended: %s", self.name, client, err)
+            log.info("%s: transfer to %s ended: %s", self.label, client, err)
         finally:
             sock.close()
             os.close(accepted.file.fd)
             outcome = transfer.outcome.value if transfer.outcome else "stopped"
             log.info(
-                "%s: %s %s: %s %s", self.name, client, accepted.request.filename, outcome,
+                "%s: %s %s: %s %s", self.label, client, accepted.request.filename, outcome,
                 transfer.detail,
             )
             with self._lock:
@@ -262,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(message)s",
     )
-    service = TftpService("tftp", args.address, args.root, args.port, args.max_per_client)
+    service = TftpService(args.address, args.root, args.port, args.max_per_client)
     done = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: done.set())
