@@ -12,10 +12,16 @@ Assets come from Debian only and are cached, never installed:
   writes a busybox initramfs. Everything lands in ``/tmp/vnet-guest-assets/<kernel-version>/``
   (``VNET_GUEST_ASSETS`` overrides the root), built in a temporary directory and renamed into
   place, under a lock: concurrent or interrupted runs never see half an asset.
-* The initramfs ``/init`` mounts proc/sys/dev, loads the modules, then runs the shell script
-  QEMU passes as ``-fw_cfg name=opt/vnet/init,file=PATH`` and reboots (QEMU runs with
-  ``-no-reboot``, so it exits). Other users (PXE tests) can reuse the same initramfs with their
-  own script, or build another one with ``build_initramfs()``.
+* The initramfs ``/init`` mounts proc/sys/dev, loads the modules (virtio-net and e1000 NICs
+  included), then runs the shell script QEMU passes as ``-fw_cfg name=opt/vnet/init,file=PATH``
+  (else ``/etc/vnet/init.sh`` if the initramfs has one) and reboots: with ``-no-reboot`` QEMU
+  exits. busybox ``udhcpc -i eth0 -q -n`` configures its lease (a default script is included).
+
+  Reuse, e.g. for PXE tests: ``a = prepare_assets()`` gives ``a.bzimage`` (for iPXE) or
+  ``a.vmlinux`` (``-kernel``, faster), ``a.initramfs_gz`` / ``a.initramfs``, and your own
+  script through fw_cfg (works whatever loaded the kernel); or ``build_initramfs(dest,
+  assets=a, extra_files={"etc/vnet/init.sh": b"..."})`` for an initramfs carrying its script.
+  Kernel command line: ``console=ttyS0 panic=-1 quiet``.
 * ``run_in_guest(argv)`` boots the guest with the host root shared read-only over 9p, puts an
   overlay with a tmpfs upper on top, chroots into it and runs ``argv``; the command's output
   comes back on a second serial port (ttyS1), followed by a marker line with its exit code.
@@ -58,7 +64,7 @@ PASS_ENV = ("VNET_TEST_NS_PREFIX", "VNET_REGENERATE")  # passed from the host in
 
 # Modules loaded at boot (with their dependencies). Everything a vnet test may need.
 BOOT_MODULES: tuple[str, ...] = (
-    "virtio_pci", "virtio_net", "virtio_rng", "qemu_fw_cfg",
+    "virtio_pci", "virtio_net", "e1000", "virtio_rng", "qemu_fw_cfg",
     "9p", "9pnet_virtio", "overlay",
     "8021q", "bonding", "bridge", "br_netfilter", "veth", "tun", "tap", "macvlan", "macvtap",
     "dummy", "ipvlan", "team", "team_mode_activebackup", "team_mode_loadbalance", "vxlan",
@@ -78,6 +84,18 @@ EXTRA_MODULE_GLOBS: tuple[str, ...] = (
     "kernel/net/sched/cls_u32.ko",
 )
 MODPROBE_CONF = "options bonding max_bonds=0\noptions dummy numdummies=0\n"
+# busybox udhcpc's default hook (it has none of its own): configure the lease with `ip`.
+UDHCPC_SCRIPT = r"""#!/bin/sh
+case "$1" in
+    deconfig) ip -4 addr flush dev "$interface"; ip link set "$interface" up ;;
+    bound|renew)
+        ip -4 addr flush dev "$interface"
+        ip addr add "$ip/${mask:-24}" dev "$interface"
+        for r in $router; do ip route replace default via "$r" dev "$interface"; break; done
+        echo "udhcpc: $interface $ip/${mask:-24} router ${router:-none} server ${serverid:-?}" ;;
+esac
+exit 0
+"""
 
 INIT_SCRIPT = r"""#!/bin/busybox sh
 /bin/busybox --install -s
@@ -89,10 +107,11 @@ for m in $(cat /etc/vnet-boot-modules); do
     modprobe "$m" || echo "vnet-init: modprobe $m failed"
 done
 script=/sys/firmware/qemu_fw_cfg/by_name/opt/vnet/init/raw
+[ -r "$script" ] || script=/etc/vnet/init.sh
 if [ -r "$script" ]; then
     sh "$script"
 else
-    echo "vnet-init: no script given (-fw_cfg name=opt/vnet/init,file=PATH)"
+    echo "vnet-init: no script (-fw_cfg name=opt/vnet/init,file=PATH or /etc/vnet/init.sh)"
 fi
 echo "vnet-init: done, rebooting"
 reboot -f
@@ -321,6 +340,10 @@ def build_initramfs(
                         symlinks=True)
         (stage / "etc/modprobe.d/vnet.conf").write_text(MODPROBE_CONF)
         (stage / "etc/vnet-boot-modules").write_text("\n".join(boot_modules) + "\n")
+        udhcpc = stage / "etc/udhcpc/default.script"
+        udhcpc.parent.mkdir(parents=True)
+        udhcpc.write_text(UDHCPC_SCRIPT)
+        udhcpc.chmod(0o755)
         init = stage / "init"
         init.write_text(init_script)
         init.chmod(0o755)
@@ -341,13 +364,17 @@ def build_initramfs(
     return dest
 
 
-def _recipe_digest() -> str:
-    recipe = "\n".join([INIT_SCRIPT, MODPROBE_CONF, *BOOT_MODULES, *EXTRA_MODULE_GLOBS, "v1"])
-    return hashlib.sha256(recipe.encode()).hexdigest()[:12]
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
+
+
+def _modules_digest() -> str:
+    return _digest(*BOOT_MODULES, "--", *EXTRA_MODULE_GLOBS, "v1")
 
 
 def _assets_at(root: Path, version: str) -> GuestAssets:
-    digest = _recipe_digest()
+    mdigest = _modules_digest()
+    digest = _digest(mdigest, Path(__file__).read_text())  # any change here rebuilds it (~2 s)
     return GuestAssets(
         kernel_version=version,
         root=root,
@@ -355,7 +382,7 @@ def _assets_at(root: Path, version: str) -> GuestAssets:
         bzimage=root / "vmlinuz",
         initramfs=root / f"initramfs-{digest}.cpio",
         initramfs_gz=root / f"initramfs-{digest}.cpio.gz",
-        modules_dir=root / "modroot" / "lib" / "modules" / version,
+        modules_dir=root / f"modroot-{mdigest}" / "lib" / "modules" / version,
         busybox=root / "busybox",
     )
 
@@ -371,39 +398,12 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _build_kernel_dir(package: str, version: str, dest: Path) -> None:
-    """Download + unpack the kernel and busybox, stage modules; rename into ``dest`` at the end."""
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".tmp-{version}-"))
+@contextlib.contextmanager
+def _building(dest: Path) -> Iterator[Path]:
+    """A temporary directory next to ``dest``, renamed to ``dest`` if the block succeeds."""
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".tmp-{dest.name}-"))
     try:
-        debs = tmp / "debs"
-        debs.mkdir()
-        debs.chmod(0o777)  # lets apt's sandbox user write there (no "unsandboxed" warning)
-        _run("apt-get", "download", "-q", package, "busybox-static", cwd=debs)
-        unpacked = tmp / "unpacked"
-        for deb in sorted(debs.glob("*.deb")):
-            _run("dpkg-deb", "-x", str(deb), str(unpacked))
-        vmlinuz = unpacked / "boot" / f"vmlinuz-{version}"
-        shutil.copy2(vmlinuz, tmp / "vmlinuz")
-        (tmp / "vmlinux").write_bytes(_extract_vmlinux(vmlinuz.read_bytes()))
-        shutil.copy2(unpacked / "bin" / "busybox", tmp / "busybox")
-        kdir = unpacked / "lib" / "modules" / version
-        if not kdir.is_dir():
-            kdir = unpacked / "usr" / "lib" / "modules" / version
-        extra = [p for pattern in EXTRA_MODULE_GLOBS for p in sorted(kdir.glob(pattern))]
-        staged = tmp / "modroot" / "lib" / "modules" / version
-        for ko in _module_closure(kdir, BOOT_MODULES, extra):
-            target = staged / ko.relative_to(kdir)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ko, target)
-        for name in ("modules.builtin", "modules.builtin.modinfo", "modules.order"):
-            if (kdir / name).exists():
-                shutil.copy2(kdir / name, staged / name)
-        _run(str(tmp / "busybox"), "depmod", "-b", str(tmp / "modroot"), version)
-        if not (staged / "modules.alias").exists():
-            raise GuestError(f"busybox depmod wrote no modules.alias in {staged}")
-        shutil.rmtree(debs)
-        shutil.rmtree(unpacked)
-        (tmp / "PACKAGE").write_text(package + "\n")
+        yield tmp
         tmp.chmod(0o755)
         tmp.rename(dest)
     except BaseException:
@@ -411,11 +411,66 @@ def _build_kernel_dir(package: str, version: str, dest: Path) -> None:
         raise
 
 
+def _build_kernel_dir(package: str, version: str, dest: Path) -> None:
+    """Download the kernel and busybox packages, extract vmlinux and busybox into ``dest``."""
+    with _building(dest) as tmp:
+        debs = tmp / "debs"
+        debs.mkdir()
+        debs.chmod(0o777)  # lets apt's sandbox user write there (no "unsandboxed" warning)
+        _run("apt-get", "download", "-q", package, "busybox-static", cwd=debs)
+        with tempfile.TemporaryDirectory(dir=tmp) as unpacked:
+            for deb in sorted(debs.glob("busybox-static_*.deb")):
+                _run("dpkg-deb", "-x", str(deb), unpacked)
+            shutil.copy2(Path(unpacked) / "bin" / "busybox", tmp / "busybox")
+        with tempfile.TemporaryDirectory(dir=tmp) as unpacked:
+            _run("dpkg-deb", "-x", str(_kernel_deb(tmp, package)), unpacked)
+            image = Path(unpacked) / "boot" / f"vmlinuz-{version}"
+            shutil.copy2(image, tmp / "vmlinuz")
+        (tmp / "vmlinux").write_bytes(_extract_vmlinux((tmp / "vmlinuz").read_bytes()))
+        (tmp / "PACKAGE").write_text(package + "\n")
+
+
+def _kernel_deb(kroot: Path, package: str) -> Path:
+    found = sorted((kroot / "debs").glob(f"{package}_*.deb"))
+    if not found:
+        raise GuestError(f"no {package} package in {kroot / 'debs'}")
+    return found[-1]
+
+
+def _build_modules(kroot: Path, package: str, version: str, dest_modroot: Path) -> None:
+    """Stage the needed modules (dependencies included) of the kernel package, depmod them."""
+    with _building(dest_modroot) as tmp, tempfile.TemporaryDirectory(dir=kroot) as unpacked:
+        _run("dpkg-deb", "-x", str(_kernel_deb(kroot, package)), unpacked)
+        kdir = Path(unpacked) / "lib" / "modules" / version
+        if not kdir.is_dir():
+            kdir = Path(unpacked) / "usr" / "lib" / "modules" / version
+        extra = [p for pattern in EXTRA_MODULE_GLOBS for p in sorted(kdir.glob(pattern))]
+        staged = tmp / "lib" / "modules" / version
+        for ko in _module_closure(kdir, BOOT_MODULES, extra):
+            target = staged / ko.relative_to(kdir)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ko, target)
+        for name in ("modules.builtin", "modules.builtin.modinfo", "modules.order"):
+            if (kdir / name).exists():
+                shutil.copy2(kdir / name, staged / name)
+        _run(str(kroot / "busybox"), "depmod", "-b", str(tmp), version)
+        if not (staged / "modules.alias").exists():
+            raise GuestError(f"busybox depmod wrote no modules.alias in {staged}")
+
+
 def prepare_assets(root: Path = ASSET_ROOT) -> GuestAssets:
-    """Fetch and build (once, cached) the guest kernel, modules, busybox and initramfs."""
+    """Fetch and build (once, cached) the guest kernel, modules, busybox and initramfs.
+
+    Safe to call concurrently (a lock serialises builders) and after an interrupted build
+    (every piece appears by an atomic rename, leftovers are removed under the lock).
+    """
     with _locked(root / ".lock"):
-        for stale in root.glob(".tmp-*"):  # left by an interrupted build (we hold the lock)
-            shutil.rmtree(stale, ignore_errors=True)
+        for stale in [*root.glob(".tmp-*"), *root.glob("*/.tmp-*"), *root.glob("*/.stage-*"),
+                      *root.glob("*/.*.part")]:
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
         try:
             package = kernel_package()
         except GuestError:
@@ -425,9 +480,16 @@ def prepare_assets(root: Path = ASSET_ROOT) -> GuestAssets:
             package = (cached[-1] / "PACKAGE").read_text().strip()
         version = package.removeprefix("linux-image-")
         kroot = root / version
-        if not (kroot / "PACKAGE").exists():
+        if kroot.exists() and not list((kroot / "debs").glob(f"{package}_*.deb")):
+            stale = root / f".tmp-old-{version}-{os.getpid()}"  # an older layout: rebuild
+            kroot.rename(stale)
+            shutil.rmtree(stale, ignore_errors=True)
+        if not kroot.exists():
             _build_kernel_dir(package, version, kroot)
         assets = _assets_at(kroot, version)
+        modroot = assets.modules_dir.parents[2]
+        if not modroot.exists():
+            _build_modules(kroot, package, version, modroot)
         if not assets.initramfs.exists():
             build_initramfs(assets.initramfs, assets=assets)
         if not assets.initramfs_gz.exists():
