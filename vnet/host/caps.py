@@ -25,30 +25,12 @@ FEATURES = {
 
 
 def _probe_in_child(feature: str) -> bool:
-    from pyroute2 import IPRoute
+    from vnet.host.netlink import probe_feature
 
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.unshare(CLONE_NEWNET) != 0:
         return False
-    with IPRoute() as ipr:
-        if feature == "bond":
-            ipr.link("add", ifname="vnprobe", kind="bond")
-            return True
-        if feature == "bridge-vlan-filtering":
-            ipr.link("add", ifname="vnprobe", kind="bridge", br_vlan_filtering=1)
-            idx = ipr.link_lookup(ifname="vnprobe")[0]
-            link = ipr.get_links(idx)[0]
-            data = link.get_attr("IFLA_LINKINFO").get_attr("IFLA_INFO_DATA")
-            return bool(data.get_attr("IFLA_BR_VLAN_FILTERING"))
-        ipr.link("add", ifname="vnprobe0", kind="veth", peer={"ifname": "vnprobe1"})
-        if feature == "veth":
-            return True
-        parent = ipr.link_lookup(ifname="vnprobe0")[0]
-        if feature == "vlan":
-            ipr.link("add", ifname="vnprobe0.5", kind="vlan", link=parent, vlan_id=5)
-        elif feature == "macvtap":
-            ipr.link("add", ifname="vnprobe2", kind="macvtap", link=parent)
-    return True
+    return probe_feature(feature)
 
 
 @cache

@@ -11,13 +11,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import ipaddress
-import socket
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
-
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError as Pyroute2Error
+from typing import TYPE_CHECKING, Any
 
 from vnet.errors import ConflictError, HostError
 from vnet.host import tap as taps
@@ -30,6 +26,25 @@ MACVTAP_CODES = {v: k for k, v in MACVTAP_MODES.items()}
 BRIDGE_VLAN_PVID = 2
 BRIDGE_VLAN_UNTAGGED = 4
 SYSCTLS = ("net.ipv4.ip_forward",)
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
+
+
+def _iproute(**kw: Any) -> IPRoute:
+    """pyroute2 costs ~0.2 s to import: only commands that change something pay for it."""
+    from pyroute2 import IPRoute
+
+    return IPRoute(**kw)
+
+
+def _netlink_code(err: BaseException) -> int | None:
+    """The errno of a pyroute2 NetlinkError (None for anything else), without importing pyroute2."""
+    if type(err).__module__.startswith("pyroute2"):
+        code = getattr(err, "code", None)
+        return code if isinstance(code, int) else None
+    return None
+
 
 Undo = Callable[[Callable[[], None]], object]
 
@@ -103,21 +118,21 @@ def observe(with_vlans: bool = False, addresses_of: Sequence[str] | None = None)
     want_addr = set(addresses_of) if addresses_of is not None else {
         link.ifname for link in links if link.kind == "bridge"}
     extra: dict[int, dict[str, Any]] = {}
-    if want_addr or with_vlans:
-        try:
-            with IPRoute() as ipr:
-                if want_addr:
-                    for msg in ipr.get_addr(family=socket.AF_INET):
-                        idx = msg["index"]
-                        if names.get(idx) in want_addr:
-                            iface = ipaddress.IPv4Interface(
-                                f"{msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}")
-                            extra.setdefault(idx, {}).setdefault("addresses", []).append(iface)
-                if with_vlans:
-                    for idx, pv in _bridge_vlans(ipr).items():
-                        extra.setdefault(idx, {})["port_vlan"] = pv
-        except (Pyroute2Error, OSError) as err:
-            raise HostError(f"cannot read addresses/VLANs: {err}") from err
+    try:
+        if want_addr:
+            with Rtnl() as rtnl:
+                for idx, addr, prefixlen in rtnl.dump_ipv4_addresses():
+                    if names.get(idx) in want_addr:
+                        iface = ipaddress.IPv4Interface(f"{addr}/{prefixlen}")
+                        extra.setdefault(idx, {}).setdefault("addresses", []).append(iface)
+        if with_vlans:
+            with _iproute() as ipr:
+                for idx, pv in _bridge_vlans(ipr).items():
+                    extra.setdefault(idx, {})["port_vlan"] = pv
+    except Exception as err:
+        if not isinstance(err, OSError) and _netlink_code(err) is None:
+            raise
+        raise HostError(f"cannot read addresses/VLANs: {err}") from err
     out = []
     for link in links:
         more = extra.get(link.index)
@@ -133,7 +148,7 @@ class _Host:
     """State of one apply run: sockets and a name -> index cache refreshed on demand."""
 
     def __init__(self, undo: Undo) -> None:
-        self.ipr = IPRoute()
+        self.ipr = _iproute()
         self.rtnl = Rtnl()
         self.undo: Undo = undo
         self._index: dict[str, int] = {}
@@ -158,15 +173,17 @@ class _Host:
 def _errors(what: str) -> Iterator[None]:
     try:
         yield
-    except Pyroute2Error as err:
-        code = err.code
-        msg = f"cannot {what}: {errno.errorcode.get(code, code)} ({_strerror(code)})"
-        if code in (errno.EEXIST, errno.EBUSY):
-            raise ConflictError(msg) from err
-        raise HostError(msg) from err
     except OSError as err:
         msg = f"cannot {what}: {err.strerror or err}"
         if err.errno in (errno.EEXIST, errno.EBUSY):
+            raise ConflictError(msg) from err
+        raise HostError(msg) from err
+    except Exception as err:
+        code = _netlink_code(err)
+        if code is None:
+            raise
+        msg = f"cannot {what}: {errno.errorcode.get(code, code)} ({_strerror(code)})"
+        if code in (errno.EEXIST, errno.EBUSY):
             raise ConflictError(msg) from err
         raise HostError(msg) from err
 
@@ -309,7 +326,7 @@ def _setup_veth_peer(s: LinkSpec) -> None:
     mac = s.peer_mac
     assert s.peer_netns is not None
     with _errors(f"configure eth0 of guest {s.guest!r} in netns {s.peer_netns!r}"), \
-            IPRoute(netns=s.peer_netns, flags=0) as peer:
+            _iproute(netns=s.peer_netns, flags=0) as peer:
         idx = peer.link_lookup(ifname="eth0")[0]
         kw: dict[str, Any] = {"index": idx, "state": "up"}
         if mac:
@@ -335,8 +352,11 @@ def _set_port_vlan(host: _Host, ifname: str, old: PortVlan | None, new: PortVlan
     with _errors(what):
         for vid, flags in sorted(before - after):
             if (vid, flags) not in after:
-                with contextlib.suppress(Pyroute2Error):
+                try:
                     host.ipr.vlan_filter("del", index=idx, vlan_info={"vid": vid})
+                except Exception as err:  # already gone is fine
+                    if _netlink_code(err) is None:
+                        raise
         for vid, flags in sorted(after - before):
             host.ipr.vlan_filter("add", index=idx, vlan_info={"vid": vid, "flags": flags})
 
@@ -486,5 +506,27 @@ _APPLY: dict[str, Callable[[_Host, Action], None]] = {
     "enslave": _enslave,
     "sysctl": _sysctl,
 }
+
+def probe_feature(feature: str) -> bool:
+    """Try to create what ``feature`` needs. Call only in a throwaway network namespace."""
+    with _iproute() as ipr:
+        if feature == "bond":
+            ipr.link("add", ifname="vnprobe", kind="bond")
+            return True
+        if feature == "bridge-vlan-filtering":
+            ipr.link("add", ifname="vnprobe", kind="bridge", br_vlan_filtering=1)
+            with Rtnl() as rtnl:
+                probe = next(r for r in rtnl.dump_links() if r.ifname == "vnprobe")
+            return bool(probe.data.get("vlan_filtering"))
+        ipr.link("add", ifname="vnprobe0", kind="veth", peer={"ifname": "vnprobe1"})
+        if feature == "veth":
+            return True
+        parent = ipr.link_lookup(ifname="vnprobe0")[0]
+        if feature == "vlan":
+            ipr.link("add", ifname="vnprobe0.5", kind="vlan", link=parent, vlan_id=5)
+        elif feature == "macvtap":
+            ipr.link("add", ifname="vnprobe2", kind="macvtap", link=parent)
+    return True
+
 
 __all__ = ["NetlinkError", "apply_actions", "observe", "read_sysctls"]

@@ -26,6 +26,10 @@ NLM_F_DUMP = 0x300
 RTM_NEWLINK = 16
 RTM_DELLINK = 17
 RTM_GETLINK = 18
+RTM_NEWADDR = 20
+RTM_GETADDR = 22
+IFA_ADDRESS = 1
+IFA_LOCAL = 2
 IFF_UP = 0x1
 
 IFLA_ADDRESS = 1
@@ -43,6 +47,7 @@ IFLA_INFO_DATA = 2
 IFLA_INFO_SLAVE_KIND = 4
 
 _HDR = struct.Struct("=IHHII")
+_IFA = struct.Struct("=BBBBI")
 _IFI = struct.Struct("=BxHiII")
 _ATTR = struct.Struct("=HH")
 _U32 = struct.Struct("=I")
@@ -209,14 +214,35 @@ class Rtnl:
         if code:
             raise NetlinkError(code, 0)
 
-    # -- dump --------------------------------------------------------------------------------
+    # -- dumps -------------------------------------------------------------------------------
     def dump_links(self) -> list[RawLink]:
+        body = _IFI.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _attr(IFLA_EXT_MASK, _U32.pack(0))
+        return [_parse_link(buf, start, end) for buf, start, end in self._dump(RTM_GETLINK, body)
+                if _HDR.unpack_from(buf, start - _HDR.size)[1] == RTM_NEWLINK]
+
+    def dump_ipv4_addresses(self) -> list[tuple[int, str, int]]:
+        """(ifindex, address, prefix length) of every IPv4 address."""
+        out = []
+        for buf, start, end in self._dump(RTM_GETADDR, _IFA.pack(socket.AF_INET, 0, 0, 0, 0)):
+            family, prefixlen, _flags, _scope, index = _IFA.unpack_from(buf, start)
+            if family != socket.AF_INET:
+                continue
+            found: dict[int, str] = {}
+            for kind, a, b in _iter_attrs(buf, start + _IFA.size, end):
+                if kind in (IFA_ADDRESS, IFA_LOCAL) and b - a == 4:
+                    found[kind] = socket.inet_ntoa(buf[a:b])
+            addr = found.get(IFA_LOCAL) or found.get(IFA_ADDRESS)
+            if addr:
+                out.append((index, addr, prefixlen))
+        return out
+
+    def _dump(self, msg_type: int, body: bytes) -> list[tuple[bytes, int, int]]:
+        """(buffer, payload start, payload end) of each message a dump request returns."""
         self._seq += 1
         seq = self._seq
-        body = _IFI.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _attr(IFLA_EXT_MASK, _U32.pack(0))
-        self.sock.send(_HDR.pack(_HDR.size + len(body), RTM_GETLINK,
+        self.sock.send(_HDR.pack(_HDR.size + len(body), msg_type,
                                  NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body)
-        links: list[RawLink] = []
+        parts: list[tuple[bytes, int, int]] = []
         while True:
             data = self.sock.recv(1 << 20)
             off = 0
@@ -226,12 +252,11 @@ class Rtnl:
                     raise NetlinkError(errno.EPROTO, 0)
                 if mseq == seq:
                     if msg_type == NLMSG_DONE:
-                        return links
+                        return parts
                     if msg_type == NLMSG_ERROR:
                         code = struct.unpack_from("=i", data, off + _HDR.size)[0]
                         raise NetlinkError(-code, 0)
-                    if msg_type == RTM_NEWLINK:
-                        links.append(_parse_link(data, off + _HDR.size, off + length))
+                    parts.append((data, off + _HDR.size, off + length))
                 off += (length + 3) & ~3
 
 
