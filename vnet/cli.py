@@ -39,7 +39,9 @@ DEFAULTS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vnet", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="vnet", description="Virtual networks for KVM/QEMU hosts, described in files and kept real."
+    )
     common = argparse.ArgumentParser(add_help=False)
     for dest, (env, default) in DEFAULTS.items():
         flag = "--" + dest.replace("_", "-")
@@ -96,6 +98,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
     return code
 
 

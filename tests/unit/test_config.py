@@ -116,3 +116,17 @@ def test_validate_cli_exit_codes(tmp_path: Path) -> None:
     bad = subprocess.run([VNET, "validate", str(CASES / "bad-keys.yaml")], capture_output=True, text=True)
     assert bad.returncode == 2
     assert "bad-keys.yaml:3: bridgee: unknown key" in bad.stderr
+
+
+def test_schema_accepts_the_examples_and_rejects_unknown_keys() -> None:
+    import jsonschema
+    import yaml
+
+    from vnet.schema import network_schema
+
+    schema = network_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    for path in sorted(EXAMPLES.glob("*.yaml")):
+        jsonschema.validate(yaml.safe_load(path.read_text()), schema)
+    with pytest.raises(jsonschema.ValidationError, match="bridgee"):
+        jsonschema.validate({"name": "x", "mode": "nat", "bridgee": {}}, schema)
