@@ -1,0 +1,1 @@
+"""Every kernel side effect of vnet (netlink, TAP ioctls, capability probes, nftables), nothing else."""
