@@ -35,7 +35,7 @@ $(VENV)/.installed: pyproject.toml
 venv: deps $(VENV)/.installed
 
 lint: venv
-	$(VENV)/bin/ruff check vnet tests bench $(wildcard integration)
+	$(VENV)/bin/ruff check vnet tests bench demo $(wildcard integration)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
