@@ -9,13 +9,21 @@ no half-built network is left. Must not be called from inside a running asyncio 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import ipaddress
+import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
 
 from vnet.errors import CapabilityError, ConflictError, HostError
 from vnet.host import caps, netlink
-from vnet.model import Model, Network, PortKind
+from vnet.model import Mode, Model, Network, PortKind
 from vnet.plan import Action, Observed, PlanConflict, desired_model, plan, plan_down, restrict
+
+RULESET_STAMP = "ruleset.sha256"
+HANDOFF_SYSCTLS = {"ip": "net.bridge.bridge-nf-call-iptables", "ip6": "net.bridge.bridge-nf-call-ip6tables"}
 
 
 def required_features(net: Network) -> list[tuple[str, str]]:
@@ -64,12 +72,96 @@ def select(model: Model, names: Sequence[str] | None) -> list[Network]:
 
 
 @dataclass(frozen=True)
+class FilterPlan:
+    """The nftables side of a reconcile: the compiled document and whether it must be loaded."""
+
+    document: dict[str, Any] | None  # None: vnet needs no tables (delete them)
+    digest: str
+    stamp: Path | None
+    change: str | None  # what apply would do, or None when the kernel already has it
+
+    def describe(self) -> str:
+        return self.change or "no changes"
+
+
+@dataclass(frozen=True)
 class Planned:
     actions: list[Action]
     observed: Observed
+    filters: FilterPlan | None = None
+
+    @property
+    def lines(self) -> list[str]:
+        out = [a.describe() for a in self.actions]
+        if self.filters is not None and self.filters.change:
+            out.append(self.filters.change)
+        return out
 
 
-def plan_model(model: Model, names: Sequence[str] | None = None) -> Planned:
+def _leases(state_dir: Path | None) -> dict[tuple[str, str], set[ipaddress.IPv4Address]]:
+    from vnet.leases import read_leases
+
+    out: dict[tuple[str, str], set[ipaddress.IPv4Address]] = {}
+    if state_dir is None:
+        return out
+    for record in read_leases(state_dir / "leases.db", active_only=True):
+        out.setdefault((record.network, record.mac), set()).add(record.ip)
+    return out
+
+
+def _handoff() -> frozenset[str]:
+    """The IP families br_netfilter hands from bridged traffic to the inet table, in this netns."""
+    values = dict(netlink.read_sysctls(tuple(HANDOFF_SYSCTLS.values())))
+    return frozenset(fam for fam, key in HANDOFF_SYSCTLS.items() if values.get(key) == "1")
+
+
+def plan_filters(model: Model, policy_dir: Path | None, state_dir: Path | None) -> FilterPlan:
+    """Compile vnet's nftables tables for ``model`` and compare with what was last loaded."""
+    from vnet.host import nft
+    from vnet.policy import compile_ruleset, load_library
+
+    filtered = [n for n in model.networks if n.mode != Mode.OPEN]
+    stamp = state_dir / RULESET_STAMP if state_dir is not None else None
+    present = _vnet_tables_present(nft)
+    if not filtered:
+        return FilterPlan(None, "", stamp, "delete nftables tables bridge vnet, inet vnet" if present else None)
+    library = load_library(policy_dir if policy_dir is not None and policy_dir.is_dir() else None)
+    doc = compile_ruleset(replace(model, networks=tuple(filtered)), library, _leases(state_dir),
+                          handoff=_handoff())
+    digest = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+    loaded = stamp.read_text().strip() if stamp is not None and stamp.exists() else ""
+    if present and loaded == digest:
+        return FilterPlan(doc, digest, stamp, None)
+    rules = sum(1 for c in doc.get("nftables", []) if isinstance(c, dict) and "rule" in c.get("add", {}))
+    return FilterPlan(doc, digest, stamp, f"replace nftables tables bridge vnet, inet vnet ({rules} rules, "
+                                          f"networks {', '.join(n.name for n in filtered)})")
+
+
+def _vnet_tables_present(nft: Any) -> bool:
+    listed = nft.run_json("list tables").get("nftables", [])
+    names = {(t["table"]["family"], t["table"]["name"]) for t in listed if "table" in t}
+    return any(t in names for t in nft.TABLES)
+
+
+def apply_filter_plan(fp: FilterPlan) -> list[str]:
+    from vnet.host import nft
+
+    if fp.change is None:
+        return []
+    if fp.document is None:
+        nft.delete_tables()
+        if fp.stamp is not None:
+            fp.stamp.unlink(missing_ok=True)
+    else:
+        nft.replace(fp.document)
+        if fp.stamp is not None:
+            fp.stamp.parent.mkdir(parents=True, exist_ok=True)
+            fp.stamp.write_text(fp.digest + "\n")
+    return [fp.change]
+
+
+def plan_model(model: Model, names: Sequence[str] | None = None, *, policy_dir: Path | None = None,
+               state_dir: Path | None = None, filters: bool = True) -> Planned:
     nets = select(model, names)
     desired = desired_model(nets)
     if names:
@@ -80,31 +172,49 @@ def plan_model(model: Model, names: Sequence[str] | None = None) -> Planned:
         actions = plan(desired, observed, scope=[n.name for n in nets] if names else None)
     except PlanConflict as err:
         raise ConflictError(str(err)) from err
-    return Planned(actions, observed)
+    fp = plan_filters(model, policy_dir, state_dir) if filters else None
+    return Planned(actions, observed, fp)
 
 
-def apply_model(model: Model, names: Sequence[str] | None = None) -> list[str]:
-    """Reconcile ``names`` (all networks when empty); returns a line per change made."""
+def apply_model(model: Model, names: Sequence[str] | None = None, *, policy_dir: Path | None = None,
+                state_dir: Path | None = None, filters: bool = True) -> list[str]:
+    """Reconcile ``names`` (all networks when empty); returns a line per change made.
+
+    The L2 changes come first; the nftables tables (always the whole model: they are shared)
+    are replaced last in one transaction. If that fails, the L2 changes are undone too.
+    """
     nets = select(model, names)
     check_capabilities(nets)
-    planned = plan_model(model, names)
-    if not planned.actions:
+    planned = plan_model(model, names, policy_dir=policy_dir, state_dir=state_dir, filters=filters)
+    if not planned.actions and (planned.filters is None or planned.filters.change is None):
         return []
     with contextlib.ExitStack() as undo:
         done = netlink.apply_actions(planned.actions, undo.callback, planned.observed)
+        if planned.filters is not None:
+            done += apply_filter_plan(planned.filters)
         undo.pop_all()
     return done
 
 
-def down(names: Sequence[str]) -> list[str]:
-    """Remove every link owned by the named networks (defined or not)."""
+def down(names: Sequence[str], model: Model | None = None, *, policy_dir: Path | None = None,
+         state_dir: Path | None = None) -> list[str]:
+    """Remove every link owned by the named networks (defined or not), and their filter rules.
+
+    With ``model``, the tables are recompiled for the networks that remain; without it (the
+    definitions cannot be read) vnet's tables are removed only when every network goes down.
+    """
     observed = netlink.observe()
     actions = plan_down(observed, names)
-    if not actions:
-        return []
-    with contextlib.ExitStack() as undo:
-        done = netlink.apply_actions(actions, undo.callback, observed)
-        undo.pop_all()
+    done: list[str] = []
+    if actions:
+        with contextlib.ExitStack() as undo:
+            done = netlink.apply_actions(actions, undo.callback, observed)
+            undo.pop_all()
+    if model is not None:
+        remaining = replace(model, networks=tuple(n for n in model.networks if n.name not in names))
+        done += apply_filter_plan(plan_filters(remaining, policy_dir, state_dir))
+    elif not owned_networks(netlink.observe(addresses_of=())):
+        done += apply_filter_plan(plan_filters(Model(), policy_dir, state_dir))
     return done
 
 

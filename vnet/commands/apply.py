@@ -17,7 +17,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    done = apply_model(model_of(args), args.networks)
+    done = apply_model(model_of(args), args.networks, policy_dir=args.policy_dir, state_dir=args.state_dir)
     if args.json:
         print_json(done)
     elif not done:

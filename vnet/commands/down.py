@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from vnet.commands._common import print_json
+from vnet.commands._common import model_of, print_json
+from vnet.errors import ConfigError
 from vnet.host import netlink
+from vnet.model import Model
 from vnet.reconcile import down, owned_networks
 
 
@@ -18,8 +20,16 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    names = args.networks or owned_networks(netlink.observe(addresses_of=()))
-    done = down(names)
+    model: Model | None
+    try:
+        model = model_of(args)
+    except ConfigError:
+        model = None  # down must work even when the definitions are broken or gone
+    names = args.networks or sorted(set(owned_networks(netlink.observe(addresses_of=())))
+                                    | {n.name for n in (model.networks if model else ())})
+    if not args.networks and model is not None:
+        model = Model()  # everything goes down: no tables remain
+    done = down(names, model, policy_dir=args.policy_dir, state_dir=args.state_dir)
     if args.json:
         print_json(done)
     elif not done:

@@ -19,12 +19,15 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     model = model_of(args)
     check_capabilities(select(model, args.networks))
-    planned = plan_model(model, args.networks)
+    planned = plan_model(model, args.networks, policy_dir=args.policy_dir, state_dir=args.state_dir)
     if args.json:
-        print_json([a.as_dict() for a in planned.actions])
-    elif not planned.actions:
+        data = [a.as_dict() for a in planned.actions]
+        if planned.filters is not None and planned.filters.change:
+            data.append({"op": "nftables", "text": planned.filters.change})
+        print_json(data)
+    elif not planned.lines:
         print("no changes")
     else:
-        for a in planned.actions:
-            print(a.describe())
+        for line in planned.lines:
+            print(line)
     return 0
