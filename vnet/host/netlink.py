@@ -441,18 +441,20 @@ def _enslave(host: _Host, action: Action) -> None:
     what = f"enslave {action.ifname!r} to {action.value!r} (network {action.network!r})"
     if cur.master != action.value:
         master = host.index(action.value)
-        bond = any(a for a in [action.value] if _is_bond(host, a))
         with _errors(what):
-            if bond:
+            # Separate messages: the kernel applies flags before IFLA_MASTER, and bonding refuses
+            # a device that is up ("Device can not be enslaved while up").
+            if _is_bond(host, action.value):
                 host.rtnl.request(*Rtnl.setlink_message(action.ifname, up=False))
-            host.rtnl.request(*Rtnl.setlink_message(action.ifname, master=master, up=True))
+            host.rtnl.request(*Rtnl.setlink_message(action.ifname, master=master))
+            host.rtnl.request(*Rtnl.setlink_message(action.ifname, up=True))
         old_master = host.index(cur.master) if cur.master else 0
         was_up = cur.up
 
         def release() -> None:
             with Rtnl() as rtnl:
-                rtnl.request_many([Rtnl.setlink_message(action.ifname, master=old_master,
-                                                        up=was_up)])
+                rtnl.request_many([Rtnl.setlink_message(action.ifname, master=old_master),
+                                   Rtnl.setlink_message(action.ifname, up=was_up)])
 
         host.undo(release)
     for key, old, new in action.changes:
