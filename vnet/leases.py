@@ -1,10 +1,13 @@
 """The lease store: SQLite in WAL mode at ``STATE_DIR/leases.db``, the only writer of leases.
 
-Durability contract: ``submit(rows, done)`` queues lease rows; a writer thread commits every row
-queued since its last commit in one transaction with ``synchronous=FULL`` (group commit: while
-one fsync runs, the next batch gathers), and only then calls ``done`` (the DHCP transport sends
-its ACKs there). So an ACK a client saw is on disk, also after ``kill -9``; the table's primary
-key (network, ip) means one address has one holder.
+Durability contract: ``write(rows)`` commits a batch of lease rows in one transaction with
+``synchronous=FULL`` and returns only then; the DHCP transport hands it every lease change of
+one receive cycle (group commit: the ACKs of the last ~ms share one fsync) and sends those ACKs
+afterwards. So an ACK a client saw is on disk, also after ``kill -9``; the table's primary key
+(network, ip) means one address has one holder. Writes are serialised by a lock, so several
+listener threads may share the store. (Committing in the receiving thread, not a writer
+thread, is deliberate: handing the GIL back and forth between two busy threads cost up to the
+5 ms switch interval per hand-off and capped ACKs below 1,000/s.)
 
 Readers: ``LeaseStore.active_leases(network)`` (in-process, e.g. the DNS service at start), or
 ``read_leases(db_path)`` without a running daemon (``vnet leases``). ``store_for(state_dir)``
@@ -19,7 +22,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,78 +120,50 @@ class LeaseStore:
             self._conn.execute(SCHEMA)
         except (OSError, sqlite3.Error) as err:
             raise HostError(f"cannot open lease database {path}: {err}") from err
+        self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
         self._reader = sqlite3.connect(str(path), check_same_thread=False)
-        self._cond = threading.Condition()
-        self._pending: list[tuple[Iterable[Row], Callable[[], None] | None]] = []
-        self._busy = False
-        self._closing = False
+        self._closed = False
         self.commits = 0
         self.rows_written = 0
         self.errors = 0
-        self._thread = threading.Thread(target=self._writer, name="vnet-leases", daemon=True)
-        self._thread.start()
 
     # ----- writing -----
 
-    def submit(self, rows: Iterable[Row], done: Callable[[], None] | None = None) -> None:
-        """Queue rows; ``done`` runs in the writer thread once they are durable."""
-        with self._cond:
-            if self._closing:
+    def write(self, rows: Sequence[Row]) -> None:
+        """Make ``rows`` durable in one transaction (fsync'd) before returning.
+
+        The caller batches: the DHCP transport passes every lease change of one receive cycle
+        (group commit) and sends the ACKs after this returns. Raises HostError when the rows
+        could not be committed (nothing of them is then on disk)."""
+        if not rows:
+            return
+        with self._write_lock:
+            if self._closed:
                 raise HostError(f"lease store {self.path} is closed")
-            self._pending.append((rows, done))
-            self._cond.notify()
-
-    def flush(self, timeout: float = 10.0) -> None:
-        """Wait until everything submitted so far is committed."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while self._pending or self._busy:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise HostError(f"lease store {self.path}: flush timed out")
-                self._cond.wait(left)
-
-    def close(self) -> None:
-        with self._cond:
-            self._closing = True
-            self._cond.notify_all()
-        self._thread.join(timeout=30)
-        self._conn.close()
-        self._reader.close()
-
-    def _writer(self) -> None:
-        conn = self._conn
-        while True:
-            with self._cond:
-                self._busy = False
-                self._cond.notify_all()
-                while not self._pending and not self._closing:
-                    self._cond.wait()
-                if not self._pending and self._closing:
-                    return
-                batch = self._pending
-                self._pending = []
-                self._busy = True
-            rows = [row for group, _ in batch for row in group]
+            conn = self._conn
             try:
                 conn.execute("BEGIN")
                 conn.executemany(UPSERT, rows)
                 conn.execute("COMMIT")
-            except sqlite3.Error:
+            except sqlite3.Error as err:
                 self.errors += 1
-                log.exception("lease database %s: commit of %d rows failed", self.path, len(rows))
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
-                continue  # not durable: replies stay unsent, clients retry
+                raise HostError(
+                    f"lease database {self.path}: commit of {len(rows)} leases failed: {err}"
+                ) from err
             self.commits += 1
             self.rows_written += len(rows)
-            for _, done in batch:
-                if done is not None:
-                    try:
-                        done()
-                    except Exception:
-                        log.exception("lease store callback failed")
+
+    def close(self) -> None:
+        with self._write_lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._conn.close()
+        with self._read_lock:
+            self._reader.close()
 
     # ----- reading -----
 

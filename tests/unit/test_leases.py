@@ -22,25 +22,18 @@ def row(i: int, state: str = BOUND, expires: float | None = None, net: str = "la
             b"\x01" + i.to_bytes(6, "big"), f"h{i}", expires or time.time() + 3600, state)
 
 
-def test_done_runs_after_rows_are_committed(tmp_path: Path) -> None:
+def test_written_rows_are_committed_for_other_readers(tmp_path: Path) -> None:
     store = LeaseStore(tmp_path / "leases.db")
-    seen: list[int] = []
-
-    def done() -> None:
-        # From a second connection: the row is already committed when we are told.
-        seen.append(len(read_leases(tmp_path / "leases.db")))
-
-    store.submit([row(1)], done)
-    store.flush()
-    assert seen == [1]
+    store.write([row(1)])
+    # A second connection (another process, ``vnet leases``) sees it at once.
+    assert [str(r.ip) for r in read_leases(tmp_path / "leases.db")] == ["10.77.0.2"]
     store.close()
 
 
 def test_upsert_keeps_one_holder_per_address_and_readers_filter(tmp_path: Path) -> None:
     store = LeaseStore(tmp_path / "leases.db")
-    store.submit([row(1), row(2), row(3, net="other")])
-    store.submit([row(2, state=RELEASED), row(4, expires=time.time() - 5)])
-    store.flush()
+    store.write([row(1), row(2), row(3, net="other")])
+    store.write([row(2, state=RELEASED), row(4, expires=time.time() - 5)])
     assert [(r.network, str(r.ip), r.state) for r in store.all_leases()] == [
         ("lab", "10.77.0.2", "bound"),
         ("lab", "10.77.0.3", "released"),
@@ -59,23 +52,22 @@ def test_upsert_keeps_one_holder_per_address_and_readers_filter(tmp_path: Path) 
     store.close()
 
 
-def test_group_commit_batches_concurrent_submitters(tmp_path: Path) -> None:
+def test_a_batch_is_one_transaction_and_writers_may_share_the_store(tmp_path: Path) -> None:
     store = LeaseStore(tmp_path / "leases.db")
-    acked = threading.Semaphore(0)
+    store.write([row(i) for i in range(500)])
+    assert (store.commits, store.rows_written) == (1, 500)
 
-    def submitter(base: int) -> None:
-        for i in range(200):
-            store.submit([row(base + i)], acked.release)
+    def writer(base: int) -> None:
+        for i in range(50):
+            store.write([row(base + i)])
 
-    threads = [threading.Thread(target=submitter, args=(k * 1000,)) for k in range(4)]
+    threads = [threading.Thread(target=writer, args=(k * 1000,)) for k in range(1, 5)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    store.flush()
-    assert len(store.all_leases()) == 800
-    assert store.rows_written == 800
-    assert store.commits < 800  # several ACKs shared an fsync
+    assert len(store.all_leases()) == 700
+    assert store.commits == 201
     store.close()
 
 
@@ -84,7 +76,7 @@ def test_store_for_shares_one_store_per_state_dir(tmp_path: Path) -> None:
     assert store_for(tmp_path) is a
     close_store(tmp_path)
     with pytest.raises(HostError, match="closed"):
-        a.submit([row(1)])
+        a.write([row(1)])
 
 
 def test_reading_a_missing_database_gives_nothing(tmp_path: Path) -> None:
@@ -104,16 +96,13 @@ from pathlib import Path
 from vnet.leases import LeaseStore
 store = LeaseStore(Path(sys.argv[1]))
 i = 0
-def acked(n):
-    def done():
-        sys.stdout.write(f"{n}\\n"); sys.stdout.flush()
-    return done
 while True:
-    store.submit([("lab", f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", "m", b"k", None,
-                   time.time() + 60, "bound")], acked(i))
-    i += 1
-    if i % 50 == 0:
-        time.sleep(0.001)
+    batch = [("lab", f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}", "m", b"k", None,
+              time.time() + 60, "bound") for n in range(i, i + 20)]
+    store.write(batch)
+    sys.stdout.write("".join(f"{n}\\n" for n in range(i, i + 20)))
+    sys.stdout.flush()
+    i += 20
 """
 
 

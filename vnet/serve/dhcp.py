@@ -1,9 +1,10 @@
 """DHCPv4 transport: one UDP listener per network bridge, around ``vnet.dhcp.server.DhcpCore``.
 
-decode -> core.handle(packet, now) -> (commit to the lease store, then) send. A blocking
-socket loop in its own thread (no asyncio: its UDP transport costs a 256 KiB read per datagram).
-Datagrams are drained in batches; the batch's ACKs are handed to the lease store together and
-sent from its writer thread once durable. Relayed requests (giaddr set) are answered by the
+decode -> core.handle(packet, now) -> (commit to the lease store, then) send. A socket loop in
+its own thread (no asyncio: its UDP transport costs a 256 KiB read per datagram). Each cycle
+drains the socket (up to BATCH datagrams), commits the lease changes of the whole cycle in one
+transaction (group commit), then sends the replies and publishes the lease events. Everything
+happens in this one thread: no GIL hand-offs on the hot path. Relayed requests (giaddr set) are answered by the
 network whose subnet holds giaddr, whichever bridge they arrived on; unknown relays are refused
 and counted. The socket's errors and malformed input never stop the loop.
 """
@@ -21,7 +22,6 @@ import struct
 import threading
 import time
 import weakref
-from collections.abc import Callable
 
 from vnet.dhcp import codec
 from vnet.dhcp.lease import Row
@@ -99,7 +99,9 @@ class DhcpService:
         self.core = DhcpCore(config, [])
         self.lock = threading.Lock()
         self.counters: dict[str, int] = dict.fromkeys(
-            ("received", "malformed", "relay_refused", "sent", "send_errors", "arp_fallback"), 0
+            ("received", "malformed", "relay_refused", "sent", "send_errors", "arp_fallback",
+             "commit_failed"),
+            0,
         )
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
@@ -149,7 +151,6 @@ class DhcpService:
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
-        self.store.flush()
         for s in (self._sock, self._wake_r, self._wake_w):
             if s is not None:
                 s.close()
@@ -233,18 +234,28 @@ class DhcpService:
             self._dispatch({self: outs}, [o.commit for o in outs if o.commit is not None])
 
     def _dispatch(self, sends: dict[DhcpService, list[Outcome]], rows: list[Row]) -> None:
-        """Send replies that need no commit now, the others once the store made them durable."""
-        later: list[tuple[DhcpService, Outcome]] = []
+        """Commit the batch's lease changes in one transaction, then send and publish."""
+        if rows:
+            try:
+                self.store.write(rows)
+            except HostError as err:
+                # Not durable: send none of the batch's ACKs; the clients will retry.
+                self.counters["commit_failed"] += 1
+                log.error("%s: %s", self.config.network, err)
+                for service, outs in sends.items():
+                    for out in outs:
+                        if out.commit is None and out.reply is not None:
+                            service._send(out)
+                return
+        publish = self.ctx.events.publish
         for service, outs in sends.items():
             for out in outs:
-                if out.commit is None:
-                    if out.reply is not None:
-                        service._send(out)
-                else:
-                    later.append((service, out))
-        if later:
-            events = self.ctx.events
-            self.store.submit(rows, _after_commit(later, events))
+                if out.reply is not None:
+                    service._send(out)
+        for outs in sends.values():
+            for out in outs:
+                if out.event is not None:
+                    publish(out.event)
 
     def _send(self, out: Outcome) -> None:
         sock = self._sock
@@ -272,20 +283,6 @@ class DhcpService:
             self.counters["arp_fallback"] += 1
             return False
         return True
-
-
-def _after_commit(
-    later: list[tuple[DhcpService, Outcome]], events: EventBus
-) -> Callable[[], None]:
-    def done() -> None:
-        for service, out in later:
-            if out.reply is not None:
-                service._send(out)
-        for _, out in later:
-            if out.event is not None:
-                events.publish(out.event)
-
-    return done
 
 
 def create(network: Network, ctx: ServiceContext) -> Service | None:
