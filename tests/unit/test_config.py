@@ -130,3 +130,11 @@ def test_schema_accepts_the_examples_and_rejects_unknown_keys() -> None:
         jsonschema.validate(yaml.safe_load(path.read_text()), schema)
     with pytest.raises(jsonschema.ValidationError, match="bridgee"):
         jsonschema.validate({"name": "x", "mode": "nat", "bridgee": {}}, schema)
+
+
+def test_validate_cli_checks_policy_files_too(tmp_path: Path) -> None:
+    (tmp_path / "bad.yaml").write_text("name: bad\ninbound:\n  default: maybe\n")
+    res = subprocess.run([VNET, "--policy-dir", str(tmp_path), "validate", str(EXAMPLES)],
+                         capture_output=True, text=True)
+    assert res.returncode == 2
+    assert f"{tmp_path}/bad.yaml:3: inbound.default:" in res.stderr

@@ -6,7 +6,8 @@ import argparse
 import sys
 from typing import Any
 
-from vnet.config import validate_paths
+from vnet.config import check_paths
+from vnet.errors import ConfigError
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -19,8 +20,17 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from vnet.policy import load_library, validate_policies
+
     paths = [Path(p) for p in args.paths] or [args.config_dir]
-    problems = validate_paths(paths, args.policy_dir)
+    policy_dir = args.policy_dir if args.policy_dir.is_dir() else None
+    problems, model = check_paths(paths, policy_dir)
+    try:
+        load_library(policy_dir)  # the policy files themselves, FILE:LINE
+    except ConfigError as err:
+        problems += err.problems
+    if not problems:  # how the networks use policies (needs a consistent model)
+        problems += validate_policies(model, policy_dir)
     for problem in problems:
         print(problem, file=sys.stderr)
     if problems:

@@ -14,9 +14,7 @@ from vnet.config.network import read_network
 from vnet.config.source import load_yaml
 from vnet.errors import ConfigError, Problem
 from vnet.model import Model, Network
-
-BUILTIN_POLICY_DIR = Path(__file__).resolve().parent.parent / "policies"
-
+from vnet.policy.library import policy_names
 
 def definition_files(config_dir: Path) -> list[Path]:
     if not config_dir.is_dir():
@@ -24,18 +22,9 @@ def definition_files(config_dir: Path) -> list[Path]:
     return sorted(p for p in config_dir.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
 
 
-def known_policy_names(policy_dir: Path | None) -> set[str]:
-    """Names of the built-in policies plus those in ``policy_dir`` (file stems)."""
-    names: set[str] = set()
-    for d in (BUILTIN_POLICY_DIR, policy_dir):
-        if d is not None and d.is_dir():
-            names.update(p.stem for p in d.iterdir() if p.suffix in (".yaml", ".yml"))
-    return names
-
-
 def read_networks(files: Iterable[Path], policy_dir: Path | None,
                   problems: list[Problem]) -> list[Network]:
-    known = known_policy_names(policy_dir)
+    known = policy_names(policy_dir)
     networks: list[Network] = []
     for path in files:
         doc = load_yaml(path, problems)
@@ -94,6 +83,11 @@ def load_model(config_dir: Path, policy_dir: Path | None = None) -> Model:
 
 def validate_paths(paths: Iterable[Path], policy_dir: Path | None = None) -> list[Problem]:
     """Problems in the given files and directories (a directory means its definition files)."""
+    return check_paths(paths, policy_dir)[0]
+
+
+def check_paths(paths: Iterable[Path], policy_dir: Path | None = None) -> tuple[list[Problem], Model]:
+    """Problems in the given files and directories, and the networks that could be read."""
     problems: list[Problem] = []
     files: list[Path] = []
     for path in paths:
@@ -106,5 +100,5 @@ def validate_paths(paths: Iterable[Path], policy_dir: Path | None = None) -> lis
             files.append(path)
         else:
             problems.append(Problem(str(path), 0, "", "no such file or directory"))
-    read_networks(files, policy_dir, problems)
-    return sorted(problems)
+    networks = read_networks(files, policy_dir, problems)
+    return sorted(problems), Model(networks=tuple(sorted(networks, key=lambda n: n.name)))
