@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import NetnsFactory, ns_exec, wait_for
+from tests.conftest import REPO, VENV_BIN, NetnsFactory, ns_exec, wait_for
 from tests.priv.dhcp_env import DhcpLab, read_env
 
 pytestmark = pytest.mark.priv
@@ -145,3 +145,46 @@ def test_clients_keep_addresses_across_daemon_restart(lab: DhcpLab, how: int) ->
     finally:
         client.kill()
         client.wait()
+
+
+RELAY_PROBE = """
+import socket, sys
+sys.path.insert(0, {repo!r})
+from tests.unit.dhcp_helpers import request
+from vnet.dhcp import codec
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("10.77.0.50", 67))
+s.settimeout(3)
+s.sendto(b"\\x01garbage", ("10.77.0.1", 67))
+s.sendto(codec.encode(request(codec.DISCOVER, "52:54:00:00:09:01", giaddr="192.0.2.1")),
+         ("10.77.0.1", 67))
+s.sendto(codec.encode(request(codec.DISCOVER, "52:54:00:00:09:02", giaddr="10.77.0.50")),
+         ("10.77.0.1", 67))
+data, addr = s.recvfrom(4096)
+reply = codec.decode(data)
+print(addr[0], addr[1], reply.msg_type, reply.mac, socket.inet_ntoa(reply.yiaddr))
+"""
+
+
+def test_relayed_requests_answered_to_relay_unknown_relays_and_garbage_counted(
+    lab: DhcpLab,
+) -> None:
+    ns = lab.guest("52:54:00:00:09:00")
+    ns_exec(ns, "ip", "addr", "add", "10.77.0.50/24", "dev", "eth0")
+    out = ns_exec(ns, str(VENV_BIN / "python"), "-c", RELAY_PROBE.format(repo=str(REPO)))
+    src, port, msg_type, mac, yiaddr = out.stdout.split()
+    assert (src, port, int(msg_type), mac) == ("10.77.0.1", "67", 2, "52:54:00:00:09:02")
+    assert yiaddr.startswith("10.77.0.")
+    stats = lab.status()["networks"]["lab"]["dhcp"]  # type: ignore[index]
+    assert stats["malformed"] == 1
+    assert stats["relay_refused"] == 1
+    assert stats["offer"] == 1
+
+
+def test_leased_hostname_resolves_in_dns(lab: DhcpLab) -> None:
+    """Lease events reach the DNS service: the client's name answers right after the ACK."""
+    ns = lab.guest("52:54:00:00:0a:01")
+    lab.udhcpc(ns, "-x", "hostname:named1")
+    ip = read_env(lab.out / "udhcpc.bound.env")["ip"]
+    out = ns_exec(ns, "kdig", "+short", "+timeout=2", "@10.77.0.1", "named1.lab.test")
+    assert out.stdout.split() == [ip]
