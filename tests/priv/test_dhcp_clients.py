@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, VENV_BIN, NetnsFactory, ns_exec, wait_for
-from tests.priv.dhcp_env import DhcpLab, read_env
+from tests.priv.dhcp_env import CONFIG, DhcpLab, read_env
 
 pytestmark = pytest.mark.priv
 
@@ -188,3 +188,21 @@ def test_leased_hostname_resolves_in_dns(lab: DhcpLab) -> None:
     ip = read_env(lab.out / "udhcpc.bound.env")["ip"]
     out = ns_exec(ns, "kdig", "+short", "+timeout=2", "@10.77.0.1", "named1.lab.test")
     assert out.stdout.split() == [ip]
+
+
+def test_probe_skips_an_address_someone_already_uses(
+    netns_factory: NetnsFactory, tmp_path: Path
+) -> None:
+    lab = DhcpLab(netns_factory, tmp_path, CONFIG.replace("    mtu: 1400\n", "    probe: true\n"))
+    try:
+        lab.start_daemon()
+        squatter = lab.guest("52:54:00:00:0b:01")
+        ns_exec(squatter, "ip", "addr", "add", "10.77.0.100/24", "dev", "eth0")
+        client = lab.guest("52:54:00:00:0b:02")
+        lab.udhcpc(client)
+        assert read_env(lab.out / "udhcpc.bound.env")["ip"] == "10.77.0.101"
+        stats = lab.status()["networks"]["lab"]["dhcp"]  # type: ignore[index]
+        assert stats["probe_conflict"] == 1
+        assert "10.77.0.100 answers pings but has no lease" in lab.logtext()
+    finally:
+        lab.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
 
@@ -413,3 +414,23 @@ def test_no_boot_options_without_boot_config() -> None:
     pkt = offer(core())
     assert (pkt.siaddr, pkt.file) == (codec.ZERO_IP, b"")
     assert o.BOOTFILE_NAME not in pkt.options
+
+
+def test_probe_requested_for_new_offers_and_conflicts_quarantined() -> None:
+    config = ServerConfig.from_network(network())
+    assert config is not None
+    c = DhcpCore(dataclasses.replace(config, probe=True))
+    out = c.handle(request(codec.DISCOVER), T0)
+    assert out is not None
+    assert out.probe == IP("10.77.0.100").packed
+    # A retransmitted DISCOVER gets the same offer without a second probe.
+    again = c.handle(request(codec.DISCOVER), T0 + 1)
+    assert again is not None
+    assert again.probe is None
+    # The address answered: quarantined, durable, and the client is offered another one.
+    conflict = c.in_use(int(IP("10.77.0.100")), T0 + 1)
+    assert conflict is not None
+    assert conflict.event is not None
+    assert conflict.event.state is LeaseState.DECLINED
+    assert offer(c, now=T0 + 2).yiaddr == IP("10.77.0.101").packed
+    assert core().handle(request(codec.DISCOVER), T0).probe is None  # type: ignore[union-attr]

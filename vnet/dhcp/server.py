@@ -52,6 +52,7 @@ class ServerConfig:
     offer_ttl: float = 30.0
     decline_quarantine: float = 600.0
     max_leases_per_mac: int = 2
+    probe: bool = False
 
     @classmethod
     def from_network(cls, network: Network) -> ServerConfig | None:
@@ -79,6 +80,7 @@ class ServerConfig:
             boot=dhcp.boot,
             rate_limit=dhcp.rate_limit,
             max_pool_share=dhcp.max_pool_share,
+            probe=dhcp.probe,
         )
 
 
@@ -88,7 +90,8 @@ class Outcome:
 
     ``reply`` is sent to ``dest``:``port`` (4 raw address bytes) only after ``commit`` (if any)
     is durable. ``arp_mac``: the destination has no address yet; the transport must teach the
-    kernel its MAC (or broadcast) before unicasting.
+    kernel its MAC (or broadcast) before unicasting. ``probe``: the network wants a ping of this
+    new address first; send the reply only if nobody answers (else call ``DhcpCore.in_use``).
     """
 
     reply: bytes | None
@@ -97,6 +100,7 @@ class Outcome:
     arp_mac: bytes | None = None
     commit: Row | None = None
     event: LeaseEvent | None = None
+    probe: bytes | None = None
 
 
 @dataclass(slots=True)
@@ -167,7 +171,8 @@ class DhcpCore:
         self._exhausted_logged = 0.0
         self.counters: dict[str, int] = dict.fromkeys(
             ("discover", "request", "decline", "release", "inform", "offer", "ack", "nak",
-             "ignored", "rate_limited", "exhausted", "mac_cap", "share_cap", "other_server"),
+             "ignored", "rate_limited", "exhausted", "mac_cap", "share_cap", "other_server",
+             "probe_conflict"),
             0,
         )
         for lease in leases or ():
@@ -500,6 +505,7 @@ class DhcpCore:
                         )
                     return None
         current = self.by_ip.get(ip)
+        probe = False
         if current is None or current.client != key or current.state != BOUND:
             prev = self.by_client.get(key)
             if (
@@ -509,14 +515,40 @@ class DhcpCore:
                 and self.by_ip.get(prev.ip) is prev
             ):
                 del self.by_ip[prev.ip]
+            # A repeated DISCOVER for the address just offered was probed already.
+            probe = self.config.probe and not (
+                current is not None and current.client == key and current.state == OFFERED
+                and current.expires > now
+            )
             offer = Lease(ip, mac, key, OFFERED, now + self.config.offer_ttl)
             self.by_ip[ip] = offer
             self.by_client[key] = offer
         self.counters["offer"] += 1
         hostname = res.name if res is not None else None
-        return self._reply(
+        out = self._reply(
             pkt, codec.OFFER, ip.to_bytes(4, "big"), self.config.lease_time, res, hostname
         )
+        if probe:
+            out.probe = ip.to_bytes(4, "big")
+        return out
+
+    def in_use(self, ip: int, now: float) -> Outcome | None:
+        """A probe found ``ip`` answering: quarantine it like a declined address (the client
+        that was offered it gets another one when it asks again)."""
+        lease = self.by_ip.get(ip)
+        if lease is None or lease.state != OFFERED:
+            return None
+        self.counters["probe_conflict"] += 1
+        log.warning(
+            "%s: %s answers pings but has no lease: not offered, quarantined for %d s",
+            self.config.network, lease.address, self.config.decline_quarantine,
+        )
+        if self.by_client.get(lease.client) is lease:
+            del self.by_client[lease.client]
+        quarantined = Lease(ip, "00:00:00:00:00:00", b"", DECLINED,
+                            now + self.config.decline_quarantine)
+        self.by_ip[ip] = quarantined
+        return self._change(quarantined, LeaseState.DECLINED)
 
     def _request(self, pkt: Packet, key: bytes, mac: str, now: float) -> Outcome | None:
         server_id = pkt.options.get(o.SERVER_ID)

@@ -16,6 +16,7 @@ import errno
 import fcntl
 import ipaddress
 import logging
+import os
 import select
 import socket
 import struct
@@ -40,6 +41,18 @@ ARPHRD_ETHER = 1
 BATCH = 256
 EXPIRE_EVERY = 1.0
 RECV_SIZE = 4096  # larger than any DHCP message we answer; bigger ones are truncated -> dropped
+PROBE_WAIT = 0.5  # seconds an address has to answer a ping before it is offered
+
+
+def _icmp_echo(ident: int, seq: int) -> bytes:
+    body = struct.pack("!BBHHH", 8, 0, 0, ident, seq) + b"vnet-dhcp-probe"
+    total = sum(struct.unpack(f"!{len(body) // 2}H", body[: len(body) // 2 * 2]))
+    if len(body) % 2:
+        total += body[-1] << 8
+    total = (total >> 16) + (total & 0xFFFF)
+    total += total >> 16
+    checksum = ~total & 0xFFFF
+    return body[:2] + struct.pack("!H", checksum) + body[4:]
 
 
 class _Directory:
@@ -109,6 +122,9 @@ class DhcpService:
         self._directory = _directory(ctx.events)
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
+        self._icmp: socket.socket | None = None
+        self._probes: dict[bytes, tuple[float, DhcpService, Outcome]] = {}
+        self._icmp_seq = 0
 
     # ----- Service protocol -----
 
@@ -130,6 +146,14 @@ class DhcpService:
                 f"network {self.config.network!r}: cannot listen for DHCP on {self.ifname}: {err}"
             ) from err
         self._sock = sock
+        if self.config.probe:
+            try:
+                icmp = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+                icmp.setblocking(False)
+                self._icmp = icmp
+            except OSError as err:
+                log.warning("%s: cannot probe addresses before offering (%s): offering "
+                            "without", self.config.network, err)
         self._stop.clear()
         self._wake_r, self._wake_w = socket.socketpair()
         self._directory.add(self)
@@ -151,10 +175,10 @@ class DhcpService:
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
-        for s in (self._sock, self._wake_r, self._wake_w):
+        for s in (self._sock, self._wake_r, self._wake_w, self._icmp):
             if s is not None:
                 s.close()
-        self._sock = self._wake_r = self._wake_w = None
+        self._sock = self._wake_r = self._wake_w = self._icmp = None
 
     def stats(self) -> dict[str, int]:
         with self.lock:
@@ -172,11 +196,17 @@ class DhcpService:
         poller = select.poll()
         poller.register(sock.fileno(), select.POLLIN)
         poller.register(wake.fileno(), select.POLLIN)
+        if self._icmp is not None:
+            poller.register(self._icmp.fileno(), select.POLLIN)
         next_expire = 0.0
         recvfrom = sock.recvfrom
         while not self._stop.is_set():
+            timeout = 500
+            if self._probes:
+                first = min(deadline for deadline, _, _ in self._probes.values())
+                timeout = max(0, min(timeout, int((first - time.time()) * 1000) + 1))
             try:
-                poller.poll(500)
+                poller.poll(timeout)
             except InterruptedError:
                 continue
             now = time.time()
@@ -185,6 +215,8 @@ class DhcpService:
                 self._expire(now)
             sends: dict[DhcpService, list[Outcome]] = {}
             rows: list[Row] = []
+            if self._icmp is not None:
+                self._probe_results(now, sends, rows)
             for _ in range(BATCH):
                 try:
                     data, _addr = recvfrom(RECV_SIZE)
@@ -223,9 +255,54 @@ class DhcpService:
             out = service.core.handle(pkt, now)
         if out is None:
             return
+        if out.probe is not None and self._icmp is not None:
+            self._start_probe(out.probe, service, out, now)
+            return
         sends.setdefault(service, []).append(out)
         if out.commit is not None:
             rows.append(out.commit)
+
+    # ----- probing an address before offering it -----
+
+    def _start_probe(self, ip: bytes, service: DhcpService, out: Outcome, now: float) -> None:
+        assert self._icmp is not None
+        self._icmp_seq = (self._icmp_seq + 1) & 0xFFFF
+        echo = _icmp_echo(os.getpid() & 0xFFFF, self._icmp_seq)
+        try:
+            self._icmp.sendto(echo, (socket.inet_ntoa(ip), 0))
+        except OSError as err:
+            log.debug("%s: probe of %s failed: %s", self.config.network, socket.inet_ntoa(ip), err)
+        self._probes[ip] = (now + PROBE_WAIT, service, out)
+
+    def _probe_results(
+        self, now: float, sends: dict[DhcpService, list[Outcome]], rows: list[Row]
+    ) -> None:
+        """Drop offers of addresses that answered; send those whose wait is over."""
+        assert self._icmp is not None
+        while True:
+            try:
+                data = self._icmp.recv(2048)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                break
+            ihl = (data[0] & 0x0F) * 4 if data else 0
+            if len(data) < ihl + 8 or data[ihl] != 0:  # echo reply only
+                continue
+            entry = self._probes.pop(data[12:16], None)
+            if entry is None:
+                continue
+            _, service, _ = entry
+            with service.lock:
+                conflict = service.core.in_use(int.from_bytes(data[12:16], "big"), now)
+            if conflict is not None:
+                sends.setdefault(service, []).append(conflict)
+                if conflict.commit is not None:
+                    rows.append(conflict.commit)
+        for ip, (deadline, service, out) in list(self._probes.items()):
+            if deadline <= now:
+                del self._probes[ip]
+                sends.setdefault(service, []).append(out)
 
     def _expire(self, now: float) -> None:
         with self.lock:
