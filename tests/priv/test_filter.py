@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ipaddress
+import json
 import os
 import socket
 import threading
@@ -406,3 +407,23 @@ def test_rejected_document_changes_nothing_and_names_the_rule(topo: Topo) -> Non
     in_netns(topo.host, nft.delete_tables)  # gone already is fine
     assert in_netns(topo.host, nft.list_table, "inet") is None
     assert time.monotonic() - start < 5
+
+
+def test_every_golden_document_is_accepted_by_the_kernel(netns_factory: NetnsFactory) -> None:
+    from pathlib import Path
+
+    from vnet.host import nft
+
+    host = netns_factory("g")
+    cases = Path(__file__).resolve().parent.parent / "unit" / "policy_cases"
+    checked = 0
+    for path in sorted(cases.glob("*.json")):
+        doc = json.loads(path.read_text())
+        if "nftables" not in doc:
+            continue
+        in_netns(host, nft.replace, doc)
+        checked += 1
+    assert checked >= 5
+    # the last one applied is still there, and nothing else is
+    assert in_netns(host, nft.list_table, "bridge") is not None
+    in_netns(host, nft.delete_tables)

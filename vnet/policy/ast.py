@@ -596,7 +596,7 @@ def check_rule(rule: Rule) -> list[str]:
             known = ICMP_TYPES if protos == {"icmp"} else ICMPV6_TYPES
             for v in icmp.values:
                 if v.text not in known:
-                    problems.append(f"{v.text!r} is not a {next(iter(protos))} type")
+                    problems.append(f"{v.text!r} is not a type of {next(iter(protos))}")
     for key in ("saddr", "daddr"):
         m = rule.match(key)
         if m is not None and len(_addr_classes(m.values)) > 1:
