@@ -91,11 +91,12 @@ class DnsService:
         self._src_ok: dict[str, bool] = {}
         self._stopping = False
         self._dirty = threading.Event()
+        self._wake = threading.Event()  # set on stop: ends the zone thread's rest
         self._threads: list[threading.Thread] = []
         self._tcp_conns: set[socket.socket] = set()
         self._tcp_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
-        self._inflight = 0
+        self._inflight = threading.BoundedSemaphore(MAX_FORWARDS_IN_FLIGHT)
         self._udp: socket.socket | None = None
         self._tcp: socket.socket | None = None
         self._unsubscribe: Callable[[], None] | None = None
@@ -136,6 +137,7 @@ class DnsService:
         if self._unsubscribe is not None:
             self._unsubscribe()
         self._dirty.set()
+        self._wake.set()
         for sock in (self._udp, self._tcp):
             if sock is not None:
                 with contextlib.suppress(OSError):
@@ -214,11 +216,17 @@ class DnsService:
         self._dirty.set()
 
     def _zone_loop(self) -> None:
+        """Rebuild after lease changes; a storm of events costs at most ~1/3 of a CPU.
+
+        A rebuild takes ~25 ms per 1,000 leases; after each one the thread rests twice as long
+        (events arriving meanwhile are coalesced into the next rebuild).
+        """
         while True:
             self._dirty.wait()
             if self._stopping:
                 return
             self._dirty.clear()
+            began = time.monotonic()
             try:
                 zone = self._build()
             except Exception:
@@ -228,6 +236,9 @@ class DnsService:
                 self.zone = zone
                 self.cache.invalidate()
                 self._counts["zone_rebuilds"] += 1
+            rest = 2 * (time.monotonic() - began)
+            if rest > 0.005 and self._wake.wait(rest):
+                return
 
     # -- UDP -------------------------------------------------------------------------------
 
@@ -371,10 +382,9 @@ class DnsService:
                 with contextlib.suppress(OSError):
                     sock.sendto(cached, addr)
                 return
-            if self._inflight >= MAX_FORWARDS_IN_FLIGHT or self._pool is None:
+            if self._pool is None or not self._inflight.acquire(blocking=False):
                 self._counts["dropped"] += 1
                 return
-            self._inflight += 1
             self._pool.submit(self._forward_udp, sock, out, addr)
 
     def _forward_udp(self, sock: socket.socket, fwd: Forward, addr: tuple[str, int]) -> None:
@@ -386,7 +396,7 @@ class DnsService:
             self._counts["errors"] += 1
             log.exception("DNS %s: forwarding failed", self.network.name)
         finally:
-            self._inflight -= 1
+            self._inflight.release()
 
     # -- forwarding ------------------------------------------------------------------------
 
