@@ -186,3 +186,6 @@ def test_reply_cache_drops_answers_built_from_an_old_zone() -> None:
         cache.store(q, answer_to(q), new)
     assert len(cache.entries) <= 2
     assert cache.flushes >= 1
+    small = ReplyCache(max_reply=100)
+    small.store(query, reply + bytes(100), small.generation)  # too long for a send slot
+    assert small.entries == {}

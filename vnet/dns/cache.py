@@ -16,8 +16,9 @@ import threading
 class ReplyCache:
     """Bounded map ``query[2:] -> reply[2:]``; when full it starts over (cheap, no LRU)."""
 
-    def __init__(self, max_entries: int = 65536) -> None:
+    def __init__(self, max_entries: int = 65536, max_reply: int = 2048) -> None:
         self.max_entries = max_entries
+        self.max_reply = max_reply  # longer replies are not kept (the transport's slot size)
         self.entries: dict[bytes, bytes] = {}
         self.lock = threading.Lock()
         self.generation = 0
@@ -25,7 +26,7 @@ class ReplyCache:
 
     def store(self, query: bytes, reply: bytes, generation: int) -> None:
         """Remember ``reply`` for ``query`` if it was built from the current generation's zone."""
-        if len(query) < 12 or len(reply) < 12:
+        if len(query) < 12 or not 12 <= len(reply) <= self.max_reply:
             return
         with self.lock:
             if generation != self.generation:

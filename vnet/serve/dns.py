@@ -85,7 +85,7 @@ class DnsService:
         zone = self._build()
         assert zone is not None
         self.zone: Zone = zone
-        self.cache = ReplyCache()
+        self.cache = ReplyCache(max_reply=SEND_SLOT)
         self.answers = AnswerCache()
         self._answers_lock = threading.Lock()
         self._src_ok: dict[str, bool] = {}
