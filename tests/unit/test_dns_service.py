@@ -305,3 +305,18 @@ def test_portable_loop_without_recvmmsg(bus: EventBus, tmp_path: Path) -> None:
     finally:
         svc.stop()
     assert svc.stats()["hits"] == 2
+
+
+def test_per_domain_forwarder_takes_only_its_domain(bus: EventBus, tmp_path: Path) -> None:
+    default, corp = FakeUpstream("127.77.1.4", "ok"), FakeUpstream("127.77.1.5", "ok")
+    fwd = (DnsForwarder(default.address), DnsForwarder(corp.address, "corp.example"))
+    svc = start(network(fwd), bus, tmp_path)
+    try:
+        assert query(svc, "git.corp.example").rr
+        assert query(svc, "www.example.com").rr
+        assert [q for q, _ in corp.queries] == ["git.corp.example."]
+        assert [q for q, _ in default.queries] == ["www.example.com."]
+    finally:
+        svc.stop()
+        default.close()
+        corp.close()
