@@ -39,9 +39,14 @@ from vnet.policy.ast import Match, Rule, SetDef, Value, rule_classes
 from vnet.policy.library import Library, Profile
 
 TABLE = "vnet"
-PORT_MARK_TAG = 0x7600_0000
-PORT_MARK_MASK = 0xFF00_0000
-PORT_ID_MASK = 0x00FF_FFFF
+# A port's mark: tag (4 bits) | profile (10 bits) | port id (18 bits). The profile bits pick
+# the chains through a small verdict map, so per-port dispatch costs no per-port map entries.
+PORT_MARK_TAG = 0x7000_0000
+PORT_MARK_MASK = 0xF000_0000
+PROFILE_SHIFT = 18
+PROFILE_MASK = 0x0FFC_0000
+PORT_ID_MASK = 0x0003_FFFF
+MAX_PROFILES = PROFILE_MASK >> PROFILE_SHIFT
 HANDOFF_ALL = frozenset({"ip", "ip6"})
 HOST_UDP_PORTS = (53, 67, 69)  # DNS, DHCP, TFTP
 HOST_TCP_PORTS = (53,)
@@ -63,6 +68,7 @@ class Port:
     mark: int
     chains: tuple[str, str]  # (outbound chain, inbound chain); same names in both tables
     ips: tuple[ipaddress.IPv4Address, ...]
+    guest_set: str | None = None  # the network's $GUESTS set, when a policy uses it
 
 
 @dataclass
@@ -73,6 +79,8 @@ class Compiled:
     commands: list[nj.Command]
     ports: dict[str, Port] = field(default_factory=dict)  # by ifname
     profiles: dict[tuple[str, tuple[str, ...]], tuple[str, str]] = field(default_factory=dict)
+    profile_numbers: dict[tuple[str, tuple[str, ...]], int] = field(default_factory=dict)
+    guest_sets: dict[str, str] = field(default_factory=dict)  # network -> $GUESTS set name
     network_index: dict[str, int] = field(default_factory=dict)
     forwards: dict[str, list[tuple[str, int, str]]] = field(default_factory=dict)
     handoff: frozenset[str] = HANDOFF_ALL
@@ -113,12 +121,17 @@ def net_key(network: str) -> str:
     return f"{_token(network, 20)}_{zlib.crc32(network.encode()) & 0xFFFFFF:06x}"
 
 
-def port_mark(network: str, ifname: str, used: Collection[int]) -> int:
-    """A stable port id: 24 bits of CRC-32 of ``network/ifname``, probing past ids in use."""
+def port_id(network: str, ifname: str, used: Collection[int]) -> int:
+    """A stable port id: 18 bits of CRC-32 of ``network/ifname``, probing past ids in use."""
     ident = zlib.crc32(f"{network}/{ifname}".encode()) & PORT_ID_MASK or 1
-    while PORT_MARK_TAG | ident in used:
+    while ident in used:
         ident = ident % PORT_ID_MASK + 1
-    return PORT_MARK_TAG | ident
+    return ident
+
+
+def port_mark(profile: int, ident: int) -> int:
+    """The mark of a port: vnet's tag, its profile number (from 1) and its port id."""
+    return PORT_MARK_TAG | profile << PROFILE_SHIFT | ident
 
 
 # --- expressions for matches --------------------------------------------------------------
@@ -356,29 +369,36 @@ def _tagged(op: str) -> nj.Stmt:
     return nj.match(nj.bitand(nj.meta("mark"), PORT_MARK_MASK), PORT_MARK_TAG, op)
 
 
+def _profile_key() -> nj.Expr:
+    return nj.bitand(nj.meta("mark"), PROFILE_MASK)
+
+
 def _dispatch_rules(fam: str) -> list[nj.Command]:
     r = nj.rule
     if fam == "bridge":
+        def tag_and_jump(chain: str, dev: str, vmap: str) -> nj.Json:
+            # one rule: if the port is not in port_mark the lookup fails and the rule stops
+            return r(fam, TABLE, chain, [
+                nj.set_meta("mark", nj.map_lookup(nj.meta(dev), "@port_mark")),
+                nj.vmap(_profile_key(), vmap)])
+
         return [nj.add(x) for x in (
-            r(fam, TABLE, "prerouting", [
-                nj.set_meta("mark", nj.map_lookup(nj.meta("iifname"), "@port_mark"))]),
-            r(fam, TABLE, "prerouting", [nj.vmap(nj.meta("iifname"), "@out")]),
-            r(fam, TABLE, "forward", [_tagged("=="), nj.set_meta("mark", 0)]),
-            r(fam, TABLE, "forward", [
-                nj.set_meta("mark", nj.map_lookup(nj.meta("oifname"), "@port_mark"))]),
-            r(fam, TABLE, "forward", [nj.vmap(nj.meta("oifname"), "@in")]),
-            r(fam, TABLE, "output", [nj.vmap(nj.meta("oifname"), "@in")]),
+            tag_and_jump("prerouting", "iifname", "@out"),
+            r(fam, TABLE, "forward", [_tagged("=="), nj.set_meta("mark", 0)],
+              "the source port's tag has done its job"),
+            tag_and_jump("forward", "oifname", "@in"),
+            tag_and_jump("output", "oifname", "@in"),
         )]
     bridges = nj.set_ref("bridges")
     return [nj.add(x) for x in (
-        r(fam, TABLE, "guest_out", [nj.match(nj.meta("iifname"), bridges),
-                                    nj.vmap(nj.meta("mark"), "@out")]),
+        r(fam, TABLE, "guest_out", [nj.match(nj.meta("iifname"), bridges), _tagged("=="),
+                                    nj.vmap(_profile_key(), "@out")]),
         r(fam, TABLE, "guest_in", [nj.match(nj.meta("oifname"), bridges), _tagged("=="),
-                                   nj.vmap(nj.meta("mark"), "@in")], "bridged to a guest port"),
+                                   nj.vmap(_profile_key(), "@in")], "bridged to a guest port"),
         r(fam, TABLE, "guest_in", [
             nj.match(nj.meta("oifname"), bridges), _tagged("!="),
             nj.set_meta("mark", nj.map_lookup(nj.payload("ip", "daddr"), "@ip4_port")),
-            nj.vmap(nj.meta("mark"), "@in"),
+            nj.vmap(_profile_key(), "@in"),
         ], "routed to a guest address"),
     )]
 
@@ -551,8 +571,9 @@ def compile_state(
         else:
             t.append(nj.add(nj.set_(fam, TABLE, "bridges", "ifname")))
             t.append(nj.add(nj.set_(fam, TABLE, "ip4_port", "ipv4_addr", data="mark")))
-        t.append(nj.add(nj.set_(fam, TABLE, "out", key_t, data="verdict")))
-        t.append(nj.add(nj.set_(fam, TABLE, "in", key_t, data="verdict")))
+        # profile bits of the mark -> that profile's chains
+        t.append(nj.add(nj.set_(fam, TABLE, "out", "mark", data="verdict")))
+        t.append(nj.add(nj.set_(fam, TABLE, "in", "mark", data="verdict")))
         t.append(nj.add(nj.set_(fam, TABLE, "mac", [key_t, "ether_addr"])))
         t.append(nj.add(nj.set_(fam, TABLE, "ip4", [key_t, "ipv4_addr"])))
         t.append(nj.add(nj.set_(fam, TABLE, "ip6", [key_t, "ipv6_addr"])))
@@ -565,7 +586,7 @@ def compile_state(
         rules[fam].extend(_dispatch_rules(fam))
 
     bridge_classes = frozenset({"arp", "other"}) | (HANDOFF_ALL - handoff)
-    used_marks: set[int] = set()
+    used_ids: set[int] = set()
     bound_ips: set[ipaddress.IPv4Address] = set()
     for ni, net in enumerate(model.networks):
         compiled.network_index[net.name] = ni
@@ -576,38 +597,56 @@ def compile_state(
             continue
         elem("inet", "bridges", net.bridge.name)
         key = net_key(net.name)
-        for fam in ("bridge", "inet"):
-            structure[fam].append(nj.add(nj.set_(fam, TABLE, f"guests_{key}", "ether_addr")))
+        net_profiles = {(*net.policies, *g.policies) for g in net.guests}
+        guest_set = None
+        if any(_uses_variable(profiles[n], "$GUESTS") for n in net_profiles if n):
+            guest_set = f"guests_{key}"
+            compiled.guest_sets[net.name] = guest_set
+            for fam in ("bridge", "inet"):
+                structure[fam].append(nj.add(nj.set_(fam, TABLE, guest_set, "ether_addr")))
         if net.mode == Mode.NAT and net.forwards:
             structure["inet"].append(nj.add(nj.set_(
                 "inet", TABLE, f"forwards_{key}", ["inet_proto", "inet_service"],
                 data="ipv4_addr")))
         rules["inet"].extend(_network_rules(net, ni, compiled))
+        macs: set[str] = set()
         for guest in net.guests:
-            elem("bridge", f"guests_{key}", guest.mac)
-            elem("inet", f"guests_{key}", guest.mac)
             names = (*net.policies, *guest.policies)
             if not names:
+                if guest_set is not None and guest.mac not in macs:
+                    macs.add(guest.mac)
+                    elem("bridge", guest_set, guest.mac)
+                    elem("inet", guest_set, guest.mac)
                 continue
             profile = profiles[names]
             pkey = (net.name, names)
             if pkey not in compiled.profiles:
+                number = len(compiled.profiles) + 1
+                if number > MAX_PROFILES:
+                    raise ConfigError([Problem(net.source, 0, "policies", (
+                        f"more than {MAX_PROFILES} different policy lists across networks"))])
                 pi = sum(1 for k in compiled.profiles if k[0] == net.name)
                 pair = (f"out_{ni}_{pi}", f"in_{ni}_{pi}")
                 compiled.profiles[pkey] = pair
+                compiled.profile_numbers[pkey] = number
                 for fam in ("bridge", "inet"):
                     classes = bridge_classes if fam == "bridge" else handoff
                     for chain_name, direction in zip(pair, ("outbound", "inbound"), strict=True):
                         chains[fam].append(nj.add(nj.chain(fam, TABLE, chain_name)))
                         stage = _Stage(fam, direction, classes, net, ni, set_names)
                         rules[fam].extend(_profile_rules(profile, stage, chain_name))
+                        elem(fam, "out" if direction == "outbound" else "in",
+                             [number << PROFILE_SHIFT, nj.verdict_jump(chain_name)])
             ips = tuple(ip for ip in _guest_ips(net, guest.mac, guest.ip, leases)
                         if ip not in bound_ips)
             bound_ips.update(ips)
-            mark = port_mark(net.name, guest.ifname, used_marks)
-            used_marks.add(mark)
+            ident = port_id(net.name, guest.ifname, used_ids)
+            used_ids.add(ident)
+            mark = port_mark(compiled.profile_numbers[pkey], ident)
             port = Port(net.name, guest.name, guest.ifname, guest.mac, mark,
-                        compiled.profiles[pkey], ips)
+                        compiled.profiles[pkey], ips,
+                        guest_set if guest.mac not in macs else None)
+            macs.add(guest.mac)
             compiled.ports[guest.ifname] = port
             for fam, name, value in _port_elements(port):
                 elem(fam, name, value)
@@ -624,30 +663,31 @@ def compile_state(
         out.extend(structure[fam])
         out.extend(chains[fam])
         out.extend(rules[fam])
+    # Elements in model order (deterministic); sorting 100,000 of them would cost more than
+    # the kernel takes to load them.
     for (fam, name), values in sorted(elements.items()):
-        unique = {_elem_sort_key(v): v for v in values}
-        if unique:
-            out.append(nj.add(nj.element(fam, TABLE, name,
-                                         [unique[k] for k in sorted(unique)])))
+        out.append(nj.add(nj.element(fam, TABLE, name, values)))
     compiled.commands = out
     return compiled
 
 
-def _elem_sort_key(value: nj.Json) -> str:
-    import json
-
-    return json.dumps(value, sort_keys=True)
+def _uses_variable(profile: Profile, variable: str) -> bool:
+    return any(
+        v.kind == "var" and v.text == variable
+        for flow in (profile.inbound, profile.outbound)
+        for rule in flow.rules
+        for m in rule.matches
+        for v in m.values
+    )
 
 
 def _port_elements(port: Port) -> Iterable[tuple[str, str, nj.Json]]:
-    out_chain, in_chain = port.chains
     yield "bridge", "port_mark", [port.ifname, port.mark]
-    yield "bridge", "out", [port.ifname, nj.verdict_jump(out_chain)]
-    yield "bridge", "in", [port.ifname, nj.verdict_jump(in_chain)]
     yield "bridge", "mac", nj.concat(port.ifname, port.mac)
-    yield "inet", "out", [port.mark, nj.verdict_jump(out_chain)]
-    yield "inet", "in", [port.mark, nj.verdict_jump(in_chain)]
     yield "inet", "mac", nj.concat(port.mark, port.mac)
+    if port.guest_set is not None:
+        yield "bridge", port.guest_set, port.mac
+        yield "inet", port.guest_set, port.mac
     yield from _ip_elements(port, port.ips)
 
 
@@ -685,13 +725,15 @@ def new_port(
     if guest is None:
         return None
     names = (*network.policies, *guest.policies)
-    pair = compiled.profiles.get((network.name, names))
+    pkey = (network.name, names)
+    pair = compiled.profiles.get(pkey)
     if pair is None:
         return None
-    used = {p.mark for p in compiled.ports.values()}
-    mark = port_mark(network.name, guest.ifname, used)
+    used = {p.mark & PORT_ID_MASK for p in compiled.ports.values()}
+    mark = port_mark(compiled.profile_numbers[pkey], port_id(network.name, guest.ifname, used))
     all_ips = sorted({*ips, *([guest.ip] if guest.ip else [])})
-    return Port(network.name, guest.name, guest.ifname, guest.mac, mark, pair, tuple(all_ips))
+    return Port(network.name, guest.name, guest.ifname, guest.mac, mark, pair, tuple(all_ips),
+                compiled.guest_sets.get(network.name))
 
 
 def binding_commands(
