@@ -541,7 +541,7 @@ def compile_state(
     used_sets: dict[tuple[str, str], SetDef] = {}
     profiles: dict[tuple[str, ...], Profile] = {}
     for net in model.networks:
-        if net.bridge is None:
+        if net.bridge is None or net.mode == Mode.OPEN:
             continue
         for guest in net.guests:
             names = (*net.policies, *guest.policies)
@@ -590,6 +590,9 @@ def compile_state(
     bound_ips: set[ipaddress.IPv4Address] = set()
     for ni, net in enumerate(model.networks):
         compiled.network_index[net.name] = ni
+        if net.mode == Mode.OPEN:
+            compiled.notes.append(f"network {net.name}: mode open, vnet adds no rules")
+            continue
         if net.bridge is None:
             if net.policies or any(g.policies for g in net.guests):
                 compiled.notes.append(f"network {net.name}: mode {net.mode.value} has no "
