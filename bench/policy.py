@@ -133,12 +133,14 @@ def bench_vnet(n: int, policy_dir: Path, repeats: int) -> dict[str, float]:
                       ip=guest_ip(i))
         bigger = Network(**{**net.__dict__, "guests": (*net.guests, extra)})
         t0 = time.perf_counter()
-        port = new_port(compiled, bigger, extra.name)
+        port = new_port(compiled, bigger, extra)
         assert port is not None
         nft.update_elements(port_commands(port, add=True))
+        compiled.track(port)
         adds.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         nft.update_elements(port_commands(port, add=False))
+        compiled.track(port, present=False)
         removes.append(time.perf_counter() - t0)
     moves: list[float] = []
     port0 = compiled.ports[net.guests[0].ifname]

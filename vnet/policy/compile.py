@@ -33,7 +33,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from vnet.errors import ConfigError, Problem
-from vnet.model import Mode, Model, Network
+from vnet.model import Guest, Mode, Model, Network
 from vnet.policy import nftjson as nj
 from vnet.policy.ast import Match, Rule, SetDef, Value, rule_classes
 from vnet.policy.library import Library, Profile
@@ -81,6 +81,7 @@ class Compiled:
     profiles: dict[tuple[str, tuple[str, ...]], tuple[str, str]] = field(default_factory=dict)
     profile_numbers: dict[tuple[str, tuple[str, ...]], int] = field(default_factory=dict)
     guest_sets: dict[str, str] = field(default_factory=dict)  # network -> $GUESTS set name
+    port_ids: set[int] = field(default_factory=set)
     network_index: dict[str, int] = field(default_factory=dict)
     forwards: dict[str, list[tuple[str, int, str]]] = field(default_factory=dict)
     handoff: frozenset[str] = HANDOFF_ALL
@@ -88,6 +89,14 @@ class Compiled:
 
     def document(self) -> dict[str, nj.Json]:
         return nj.document(self.commands)
+
+    def track(self, port: Port, *, present: bool = True) -> None:
+        """Record that ``port`` was added (or removed) by element changes after compiling."""
+        if present:
+            self.ports[port.ifname] = port
+            self.port_ids.add(port.mark & PORT_ID_MASK)
+        elif self.ports.pop(port.ifname, None) is not None:
+            self.port_ids.discard(port.mark & PORT_ID_MASK)
 
     def port_for(self, network: str, mac: str) -> Port | None:
         return next(
@@ -645,6 +654,7 @@ def compile_state(
             bound_ips.update(ips)
             ident = port_id(net.name, guest.ifname, used_ids)
             used_ids.add(ident)
+            compiled.port_ids.add(ident)
             mark = port_mark(compiled.profile_numbers[pkey], ident)
             port = Port(net.name, guest.name, guest.ifname, guest.mac, mark,
                         compiled.profiles[pkey], ips,
@@ -720,20 +730,18 @@ def port_commands(port: Port, *, add: bool) -> list[nj.Command]:
 
 
 def new_port(
-    compiled: Compiled, network: Network, guest_name: str, ips: Sequence[ipaddress.IPv4Address] = ()
+    compiled: Compiled, network: Network, guest: Guest, ips: Sequence[ipaddress.IPv4Address] = ()
 ) -> Port | None:
-    """The Port for a guest added to ``network`` after ``compiled`` was built; None when its
-    profile has no chains yet (then a full ``compile_ruleset`` + replace is needed)."""
-    guest = network.guest(guest_name)
-    if guest is None:
-        return None
+    """The Port for ``guest`` joining ``network`` after ``compiled`` was built (O(1)); None when
+    its profile has no chains yet (then a full ``compile_ruleset`` + replace is needed).
+    Apply ``port_commands(port, add=True)`` and then ``compiled.track(port)``."""
     names = (*network.policies, *guest.policies)
     pkey = (network.name, names)
     pair = compiled.profiles.get(pkey)
     if pair is None:
         return None
-    used = {p.mark & PORT_ID_MASK for p in compiled.ports.values()}
-    mark = port_mark(compiled.profile_numbers[pkey], port_id(network.name, guest.ifname, used))
+    ident = port_id(network.name, guest.ifname, compiled.port_ids)
+    mark = port_mark(compiled.profile_numbers[pkey], ident)
     all_ips = sorted({*ips, *([guest.ip] if guest.ip else [])})
     return Port(network.name, guest.name, guest.ifname, guest.mac, mark, pair, tuple(all_ips),
                 compiled.guest_sets.get(network.name))

@@ -58,7 +58,7 @@ def stmt(s: Json) -> str:
         sep = " " if op in ("==", "in") and not bitwise else f" {op} "
         return f"{expr(body['left'])}{sep}{expr(body['right'])}"
     if key in ("accept", "drop", "reject", "return", "counter", "masquerade"):
-        return key
+        return str(key)
     if key in ("jump", "goto"):
         return f"{key} {body['target']}"
     if key == "mangle":
