@@ -239,3 +239,32 @@ def port_marks() -> dict[str, int]:
             if isinstance(elem, list) and len(elem) == 2:
                 marks[str(elem[0])] = int(elem[1])
     return marks
+
+
+def base_chains_elsewhere() -> list[dict[str, Any]]:
+    """Headers (family, table, name, hook, prio, policy) of base chains in tables vnet does not
+    own. Read-only and for ``vnet doctor`` only: it lists chain headers, never rules, and vnet
+    never changes what it finds."""
+    data = run_json("list chains")
+    out: list[dict[str, Any]] = []
+    for item in data.get("nftables", []):
+        chain = item.get("chain") if isinstance(item, dict) else None
+        if not chain or "hook" not in chain:
+            continue
+        if (chain.get("family"), chain.get("table")) in TABLES:
+            continue
+        out.append({k: chain.get(k) for k in ("family", "table", "name", "hook", "prio",
+                                               "policy")})
+    return out
+
+
+def owned_tables_present() -> tuple[str, ...]:
+    """Families of vnet's tables that exist (asks for each by name; lists nothing else)."""
+    present = []
+    for family, name in TABLES:
+        rc, _out, err = _context().cmd(f"list table {family} {name}")
+        if rc == 0:
+            present.append(family)
+        elif "No such file or directory" not in err:
+            raise NftError(f"cannot look up table {family} {name}", err)
+    return tuple(present)
