@@ -12,11 +12,13 @@ from vnet.model import Network
 from vnet.serve import Service, ServiceContext
 from vnet.serve.dhcp import create as create_dhcp
 from vnet.serve.dns import create as create_dns
+from vnet.serve.filter import create as create_filter
 from vnet.serve.tftp import create as create_tftp
 
 Factory = Callable[[Network, ServiceContext], Service | None]
 
 FACTORIES: tuple[Factory, ...] = (
+    create_filter,  # first: subscribed before DHCP publishes its first lease event
     create_dhcp,
     create_dns,
     create_tftp,
