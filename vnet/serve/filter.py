@@ -66,7 +66,10 @@ class FilterService:
         self._guests = {g.mac: g for g in network.guests if network.policies or g.policies}
 
     def start(self) -> None:
-        self._marks = self._marks_source()
+        try:
+            self._marks = self._marks_source()
+        except VnetError as err:  # tables not readable yet: retried on the first event
+            log.warning("filter %s: cannot read port ids: %s", self.network.name, err)
         self._unsubscribe = self.events.subscribe(self.on_event)
 
     def stop(self) -> None:
@@ -127,7 +130,12 @@ def create(network: Network, ctx: ServiceContext) -> Service | None:
     if network.bridge is None or not (network.policies or any(g.policies for g in network.guests)):
         return None
     initial: dict[str, set[IPv4]] = {}
-    for (net, mac), ips in current_leases(ctx.state_dir).items():
+    try:
+        leases = current_leases(ctx.state_dir)
+    except VnetError as err:
+        log.warning("filter %s: cannot read leases: %s", network.name, err)
+        leases = {}
+    for (net, mac), ips in leases.items():
         if net == network.name:
             initial[mac] = set(ips)
     return FilterService(network, ctx.events, initial=initial)
