@@ -55,6 +55,7 @@ ipv4:
   dhcp:
     ranges: [{POOL[0]}-{POOL[1]}]
     lease-time: 1h
+dns: {{enabled: false}}    # DHCP against DHCP: Kea and dnsmasq (--port=0) serve no names here
 """
 
 
@@ -148,13 +149,17 @@ class Lab:
         base = f"mac=02:{self.mac_step:02x}:00:00:00:00"
         cmd = ["ip", "netns", "exec", self.client_ns, "taskset", "-c", str(self.cpu_client),
                "perfdhcp", "-4", "-l", "eth0", "-r", str(rate), "-R", "16000000", "-b", base,
-               "-p", str(seconds), "-W", "1000000", "-x", "tl" if leases else "t", "10.0.0.1"]
+               "-p", str(int(seconds)), "-W", "1000000", "-x", "tl" if leases else "t",
+               "10.0.0.1"]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
-        return parse_perfdhcp(proc.stdout, rate)
+        if proc.returncode != 0:
+            raise RuntimeError(f"perfdhcp failed ({proc.returncode}): {proc.stderr[-2000:]}")
+        return parse_perfdhcp(proc.stdout, rate, seconds)
 
 
-def parse_perfdhcp(text: str, rate: int) -> Step:
-    achieved = float(m.group(1)) if (m := re.search(r"^Rate: ([\d.]+)", text, re.M)) else 0.0
+def parse_perfdhcp(text: str, rate: int, seconds: float) -> Step:
+    """perfdhcp's report -> Step. The achieved rate is ACKs per second of the sending period
+    (perfdhcp's own "Rate:" also counts the exit wait)."""
     sections = re.split(r"\*\*\*Statistics for: ", text)
     counts: dict[str, tuple[int, int]] = {}
     for sec in sections[1:]:
@@ -185,7 +190,7 @@ def parse_perfdhcp(text: str, rate: int) -> Step:
     discovers = counts.get("DISCOVER-OFFER", (0, 0))[0]
     acks = counts.get("REQUEST-ACK", (0, 0))[1]
     return Step(
-        rate, achieved, discovers, acks,
+        rate, acks / seconds, discovers, acks,
         statistics.median(delays["DISCOVER-OFFER"]) if delays["DISCOVER-OFFER"] else 0.0,
         statistics.median(delays["REQUEST-ACK"]) if delays["REQUEST-ACK"] else 0.0,
         leases,
@@ -283,11 +288,12 @@ LADDERS = {
 }
 
 
-def ladder(lab: Lab, name: str, seconds: float, log: list[str]) -> Step | None:
+def ladder(lab: Lab, name: str, seconds: float, log: list[str], rates: list[int] | None = None
+           ) -> Step | None:
     best: Step | None = None
     failures = 0
     with SERVERS[name](lab):
-        for rate in LADDERS[name]:
+        for rate in rates or LADDERS[name]:
             step = lab.perfdhcp(rate, seconds)
             log.append(
                 f"{name:8} rate {rate:6} achieved {step.achieved:9.1f} drops {step.drops:7.2%} "
@@ -305,7 +311,7 @@ def ladder(lab: Lab, name: str, seconds: float, log: list[str]) -> Step | None:
     return best
 
 
-def crash_test(lab: Lab, rate: int, seconds: float) -> list[str]:
+def crash_test(lab: Lab, rate: int, seconds: int) -> list[str]:
     """kill -9 under load, restart, verify the database against perfdhcp's ACKs."""
     state = lab.tmp / "crash-state"
     out: list[str] = []
@@ -313,7 +319,7 @@ def crash_test(lab: Lab, rate: int, seconds: float) -> list[str]:
         runner = subprocess.Popen(
             ["ip", "netns", "exec", lab.client_ns, "taskset", "-c", str(lab.cpu_client),
              "perfdhcp", "-4", "-l", "eth0", "-r", str(rate), "-R", "16000000",
-             "-b", "mac=02:ee:00:00:00:00", "-p", str(seconds), "-W", "1000000", "-x", "l",
+             "-b", "mac=02:ee:00:00:00:00", "-p", str(int(seconds)), "-W", "1000000", "-x", "l",
              "10.0.0.1"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
@@ -324,7 +330,7 @@ def crash_test(lab: Lab, rate: int, seconds: float) -> list[str]:
     with vnet(lab, state):
         restarted = time.time() - killed_at
         text, _ = runner.communicate(timeout=seconds + 60)
-        step = parse_perfdhcp(text, rate)
+        step = parse_perfdhcp(text, rate, seconds)
     conn = sqlite3.connect(str(state / "leases.db"))
     rows = conn.execute("SELECT ip, client, state FROM leases WHERE network='bench'").fetchall()
     conn.close()
@@ -341,8 +347,8 @@ def crash_test(lab: Lab, rate: int, seconds: float) -> list[str]:
     acked_ips = [ip for _, ip in step.leases]
     out.append(f"  addresses ACKed twice to different clients: "
                f"{len(acked_ips) - len(set(acked_ips))}")
-    out.append("  RESULT: " + ("PASS" if not missing and len(acked_ips) == len(set(acked_ips))
-                               else "FAIL"))
+    ok = step.leases and not missing and len(acked_ips) == len(set(acked_ips)) and not dup
+    out.append("  RESULT: " + ("PASS" if ok else "FAIL"))
     return out
 
 
@@ -354,24 +360,29 @@ def profile(lab: Lab, rate: int, seconds: float) -> list[str]:
     with vnet(lab) as proc:
         spy = subprocess.Popen(
             [PYSPY, "record", "--pid", str(proc.pid), "--format", "raw", "--output", str(raw),
-             "--duration", str(int(seconds)), "--rate", "250", "--threads", "--native",
+             "--duration", str(int(seconds)), "--rate", "250", "--threads",
              "--nonblocking"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         step = lab.perfdhcp(rate, seconds)
         spy.wait(timeout=seconds + 60)
     own: collections.Counter[str] = collections.Counter()
+    threads: collections.Counter[str] = collections.Counter()
     total = 0
     for line in raw.read_text().splitlines() if raw.exists() else []:
         stack, _, count = line.rpartition(" ")
-        if "vnet-dhcp" not in stack:
+        if not count.isdigit():
             continue
-        leaf = stack.split(";")[-1]
-        leaf = re.sub(r" \(/[^)]*/", " (", leaf)
-        own[leaf] += int(count)
+        frames = stack.split(";")
+        thread = re.sub(r"^thread \(\d+\): ", "", frames[0])
+        threads[thread] += int(count)
+        own[f"{thread}: {frames[-1]}"] += int(count)
         total += int(count)
-    out = [f"profile: py-spy of the DHCP thread at {rate}/s ({step.achieved:.0f}/s achieved), "
-           f"{total} samples; self time:"]
+    out = [f"profile: py-spy of the vnet daemon at {rate}/s asked ({step.achieved:.0f}/s "
+           f"achieved), {total} busy samples at 250 Hz over {seconds:g} s"]
+    out.append("  busy share by thread: " + ", ".join(
+        f"{name} {n / total:.0%}" for name, n in threads.most_common(5)) if total else "")
+    out.append("  self time (leaf function):")
     for leaf, n in own.most_common(15):
         out.append(f"  {n / total:6.1%}  {leaf}")
     return out
@@ -380,9 +391,10 @@ def profile(lab: Lab, rate: int, seconds: float) -> list[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--servers", default="vnet,kea,dnsmasq")
-    parser.add_argument("--seconds", type=float, default=5.0, help="length of one rate step")
+    parser.add_argument("--seconds", type=int, default=5, help="length of one rate step")
     parser.add_argument("--cpu-server", type=int, default=1)
     parser.add_argument("--cpu-client", type=int, default=0)
+    parser.add_argument("--rates", help="comma-separated rates for every server (smoke test)")
     parser.add_argument("--crash", action="store_true", help="run the kill -9 crash test")
     parser.add_argument("--crash-rate", type=int, default=8000)
     parser.add_argument("--profile", action="store_true", help="py-spy the vnet daemon")
@@ -402,7 +414,8 @@ def main() -> int:
     try:
         lab.setup()
         for name in args.servers.split(","):
-            best[name] = ladder(lab, name, args.seconds, lines)
+            rates = [int(r) for r in args.rates.split(",")] if args.rates else None
+            best[name] = ladder(lab, name, args.seconds, lines, rates)
         summary = [
             "",
             f"date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
@@ -427,7 +440,7 @@ def main() -> int:
         lines += summary
         print("\n".join(summary), flush=True)
         if args.crash:
-            crash = crash_test(lab, args.crash_rate, 6.0)
+            crash = crash_test(lab, args.crash_rate, 6)
             print("\n".join(crash), flush=True)
             lines += crash
         if args.profile:
