@@ -48,6 +48,9 @@ def test_udhcpc_gets_lease_with_options(lab: DhcpLab) -> None:
     assert [(r["mac"], r["ip"], r["hostname"], r["state"]) for r in rows] == [
         ("52:54:00:00:01:01", env["ip"], "guest1", "bound")
     ]
+    # udhcpc asks for unicast replies: they went to its MAC via the ARP table, not broadcast.
+    stats = lab.status()["networks"]["lab"]["dhcp"]  # type: ignore[index]
+    assert (stats["ack"], stats["arp_fallback"], stats["send_errors"]) == (1, 0, 0)
 
 
 def test_reservation_gets_reserved_ip_and_hostname(lab: DhcpLab) -> None:
