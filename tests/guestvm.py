@@ -537,7 +537,6 @@ def run_in_guest(
         "HOME": "/root",
         "LANG": "C.UTF-8",
         "TERM": "dumb",
-        "PYTHONDONTWRITEBYTECODE": "1",
         "VNET_IN_GUEST": "1",
         **{k: v for k, v in os.environ.items() if k in PASS_ENV},
         **(env or {}),

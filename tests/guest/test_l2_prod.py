@@ -5,12 +5,6 @@ guest with docs/examples/prod.yaml (a bond of two foreign NICs, a tagged uplink,
 VLAN-filtering bridge, an access port and a trunk port) and asserts what the kernel then has,
 with ``ip -j -d link`` and ``bridge -j vlan show``. Each ``vnet`` run costs seconds under TCG,
 so one scenario walks the whole life cycle: apply, no-change plan, a targeted change, down.
-
-IN PROGRESS: this file is named wip_*.py so pytest does not collect it yet. Both tests pass in
-the guest once vnet/host/netlink.py ``_enslave`` (1) enslaves a bond member with IFLA_MASTER in
-its own RTM_NEWLINK, without IFF_UP (the kernel applies the flags first and bonding refuses an
-up device: "Device can not be enslaved while up"), and (2) undoes it by releasing first and
-restoring the up state in a second message. Rename to test_l2_prod.py when that lands.
 """
 
 from __future__ import annotations
