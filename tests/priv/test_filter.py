@@ -348,7 +348,7 @@ def test_lease_moves_binding_without_recompile(topo: Topo) -> None:
     from vnet.serve.filter import FilterService
 
     topo.apply()
-    c, b = topo.guests["c"], topo.guests["b"]
+    b = topo.guests["b"]
     net = topo.model.networks[0]
     events = EventBus()
     service = in_netns(topo.host, lambda: _started(FilterService(
@@ -359,11 +359,11 @@ def test_lease_moves_binding_without_recompile(topo: Topo) -> None:
     try:
         n = 0
 
-        def passes(src: str) -> bool:
+        def passes(src: str, guest: str = "c") -> bool:
             nonlocal n
             n += 1
             marker = f"lease-{src}-{n}".encode()
-            send_frame(c, udp_frame(MAC["c"], src, MAC["b"], IPS["b"], marker))
+            send_frame(topo.guests[guest], udp_frame(MAC[guest], src, MAC["b"], IPS["b"], marker))
             return sniffer.saw(marker, 0.5)
 
         assert not passes("10.77.0.50")  # no lease yet: nothing bound
@@ -373,10 +373,15 @@ def test_lease_moves_binding_without_recompile(topo: Topo) -> None:
         events.publish(LeaseEvent("lab", LeaseState.BOUND, MAC["c"], IP4("10.77.0.60"), None, 0))
         assert passes("10.77.0.60")
         assert not passes("10.77.0.50")
-        events.publish(LeaseEvent("lab", LeaseState.EXPIRED, MAC["c"], IP4("10.77.0.60"), None, 0))
+        # the address moves to guest a (c's lease ended without an event): only a may use it
+        events.publish(LeaseEvent("lab", LeaseState.BOUND, MAC["a"], IP4("10.77.0.60"), None, 0))
+        assert passes("10.77.0.60", "a")
         assert not passes("10.77.0.60")
+        assert passes(IPS["a"], "a")  # its reservation stays bound
+        events.publish(LeaseEvent("lab", LeaseState.EXPIRED, MAC["a"], IP4("10.77.0.60"), None, 0))
+        assert not passes("10.77.0.60", "a")
         assert service.stats()["errors"] == 0
-        assert service.stats()["updates"] == 3
+        assert service.stats()["updates"] == 4
         assert topo.handles() == before  # same tables, chains and rules: only elements changed
     finally:
         sniffer.stop()

@@ -92,6 +92,20 @@ class FilterService:
             return None
         return Port(self.network.name, guest.name, guest.ifname, guest.mac, mark, ("", ""), ())
 
+    def _commands(self, mac: str, after: set[IPv4]) -> list[object]:
+        """Element changes moving guest ``mac``'s leased addresses to ``after``."""
+        before = self._leased.get(mac, set())
+        port = self._port(mac)
+        if after == before or port is None:
+            return []
+        guest = self._guests[mac]
+        reserved = {guest.ip} if guest.ip is not None else set()
+        commands: list[object] = list(binding_commands(port, before | reserved, after | reserved))
+        old_target = min(before | reserved, default=None)
+        new_target = min(after | reserved, default=None)
+        commands += forward_commands(self.network, guest.name, old_target, new_target)
+        return commands
+
     def on_event(self, event: LeaseEvent) -> None:
         if event.network != self.network.name:
             return
@@ -109,19 +123,20 @@ class FilterService:
         if port is None:
             self._stats["ignored"] += 1
             return
-        guest = self._guests[event.mac]
-        reserved = {guest.ip} if guest.ip is not None else set()
-        before = self._leased.get(event.mac, set())
         bound = event.state in (LeaseState.BOUND, LeaseState.RENEWED)
-        after = {event.ip} if bound else before - {event.ip}
-        if after == before:
+        before = self._leased.get(event.mac, set())
+        changes = {event.mac: {event.ip} if bound else before - {event.ip}}
+        if bound:  # the address may still be bound to a guest whose lease we saw end silently
+            for mac, ips in self._leased.items():
+                if mac != event.mac and event.ip in ips:
+                    changes[mac] = ips - {event.ip}
+        commands: list[object] = []
+        for mac, after in sorted(changes.items(), key=lambda kv: kv[0] != event.mac):
+            commands[:0] = self._commands(mac, after)  # releases first, then the new binding
+        if not commands:
             return
-        commands = binding_commands(port, before | reserved, after | reserved)
-        old_target = min(before | reserved, default=None)
-        new_target = min(after | reserved, default=None)
-        commands += forward_commands(self.network, guest.name, old_target, new_target)
         self._apply(commands)
-        self._leased[event.mac] = after
+        self._leased.update(changes)
         self._stats["updates"] += 1
 
 
