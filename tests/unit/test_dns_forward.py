@@ -5,10 +5,10 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from dnslib import QTYPE, RCODE, RR, SOA, A, DNSRecord
+from dnslib import EDNS0, QTYPE, RCODE, RR, SOA, A, DNSRecord
 
 from vnet.dns.answer import relay
-from vnet.dns.cache import ReplyCache
+from vnet.dns.cache import ReplyCache, TimedReplyCache, ttl_fields
 from vnet.dns.forward import (
     AnswerCache,
     Routes,
@@ -189,3 +189,38 @@ def test_reply_cache_drops_answers_built_from_an_old_zone() -> None:
     small = ReplyCache(max_reply=100)
     small.store(query, reply + bytes(100), small.generation)  # too long for a send slot
     assert small.entries == {}
+
+
+def test_relayed_replies_come_back_with_the_clients_id_and_aged_ttls() -> None:
+    q = DNSRecord.question("www.example.com", "A")
+    q.add_ar(EDNS0(udp_len=1232))
+    resp = DNSRecord.parse(answer_to(bytes(q.pack()), ttl=300))
+    resp.add_answer(RR("www.example.com", QTYPE.A, rdata=A("192.0.2.81"), ttl=30))
+    resp.add_auth(RR("example.com", QTYPE.SOA, ttl=900,
+                     rdata=SOA("ns.example.com", "h.example.com", (1, 2, 3, 4, 45))))
+    resp.add_ar(EDNS0(udp_len=1232, flags="do"))
+    wire = bytes(resp.pack())
+    fields = ttl_fields(wire)
+    assert fields is not None
+    assert [ttl for _, ttl in fields] == [300, 30, 900]  # OPT's flags are not a TTL
+    cache = TimedReplyCache()
+    cache.store(wire, wire, now=100.0, ttl=30)
+    again = DNSRecord.parse(wire)
+    again.header.id = 4242
+    hit = cache.get(bytes(again.pack()), now=110.7)
+    assert hit is not None
+    got = DNSRecord.parse(hit)
+    assert got.header.id == 4242
+    assert [rr.ttl for rr in got.rr + got.auth] == [290, 20, 890]
+    assert got.ar[0].edns_do == 1
+    assert cache.get(wire, now=130.0) is None
+    assert cache.entries == {}
+
+
+@pytest.mark.parametrize("wire", [b"", bytes(12) + b"\x05ab", bytes(4) + b"\x00\x01" + bytes(6)
+                                  + b"\x40abc", bytes(4) + b"\x00\x00\x00\x01" + bytes(4)])
+def test_ttl_fields_of_malformed_messages(wire: bytes) -> None:
+    assert ttl_fields(wire) is None
+    cache = TimedReplyCache()
+    cache.store(bytes(12), wire, now=0.0, ttl=60)
+    assert cache.entries == {}

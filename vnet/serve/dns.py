@@ -31,8 +31,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from vnet.dns.answer import Forward, Reply, handle, header_only, relay
-from vnet.dns.cache import ReplyCache
-from vnet.dns.forward import AnswerCache, Routes, Upstream, cache_key, resolve
+from vnet.dns.cache import ReplyCache, TimedReplyCache
+from vnet.dns.forward import AnswerCache, Routes, Upstream, cache_key, cache_ttl, resolve
 from vnet.dns.zone import Zone, build_zone
 from vnet.errors import HostError
 from vnet.events import LeaseEvent, LeaseState
@@ -87,6 +87,7 @@ class DnsService:
         self.zone: Zone = zone
         self.cache = ReplyCache(max_reply=SEND_SLOT)
         self.answers = AnswerCache()
+        self.relayed = TimedReplyCache()  # forwarded replies by query bytes, TTLs aged
         self._answers_lock = threading.Lock()
         self._src_ok: dict[str, bool] = {}
         self._stopping = False
@@ -160,6 +161,7 @@ class DnsService:
             "cache_entries": len(self.cache.entries),
             "cache_flushes": self.cache.flushes,
             "forward_cache_entries": len(self.answers),
+            "relayed_entries": len(self.relayed.entries),
             "names": len(self.zone.rrsets),
         }
 
@@ -364,6 +366,13 @@ class DnsService:
                 break
 
     def _udp_slow(self, sock: socket.socket, data: bytes, addr: tuple[str, int], ok: bool) -> None:
+        if ok:
+            relayed = self.relayed.get(data, time.monotonic())
+            if relayed is not None:
+                self._counts["forward_cache_hits"] += 1
+                with contextlib.suppress(OSError):
+                    sock.sendto(relayed, addr)
+                return
         generation = self.cache.generation
         out = handle(data, self.zone, self.routes, allowed=ok, tcp=False)
         self._counts["misses"] += 1
@@ -380,18 +389,22 @@ class DnsService:
             cached = self._from_answer_cache(out)
             if cached is not None:
                 with contextlib.suppress(OSError):
-                    sock.sendto(cached, addr)
+                    sock.sendto(cached[0], addr)
+                self.relayed.store(data, cached[0], time.monotonic(), cached[1])
                 return
             if self._pool is None or not self._inflight.acquire(blocking=False):
                 self._counts["dropped"] += 1
                 return
-            self._pool.submit(self._forward_udp, sock, out, addr)
+            self._pool.submit(self._forward_udp, sock, out, data, addr)
 
-    def _forward_udp(self, sock: socket.socket, fwd: Forward, addr: tuple[str, int]) -> None:
+    def _forward_udp(
+        self, sock: socket.socket, fwd: Forward, data: bytes, addr: tuple[str, int]
+    ) -> None:
         try:
-            wire = self._forward(fwd)
+            wire, ttl = self._forward(fwd)
             with contextlib.suppress(OSError):
                 sock.sendto(wire, addr)
+            self.relayed.store(data, wire, time.monotonic(), ttl)
         except Exception:
             self._counts["errors"] += 1
             log.exception("DNS %s: forwarding failed", self.network.name)
@@ -400,22 +413,24 @@ class DnsService:
 
     # -- forwarding ------------------------------------------------------------------------
 
-    def _from_answer_cache(self, fwd: Forward) -> bytes | None:
+    def _from_answer_cache(self, fwd: Forward) -> tuple[bytes, int] | None:
+        """The client's reply from a cached upstream answer, and how long it stays valid."""
         with self._answers_lock:
             hit = self.answers.get(cache_key(fwd.request), time.monotonic())
         if hit is None:
             return None
         self._counts["forward_cache_hits"] += 1
-        return relay(fwd.request, hit, fwd.limit)
+        return relay(fwd.request, hit, fwd.limit), cache_ttl(hit, self.answers.max_ttl)
 
-    def _forward(self, fwd: Forward) -> bytes:
-        """Ask the upstreams (blocking; called off the UDP thread) and build the reply."""
+    def _forward(self, fwd: Forward) -> tuple[bytes, int]:
+        """Ask the upstreams (blocking; off the UDP thread): the reply and its cache TTL."""
         self._counts["forwarded"] += 1
         resp = resolve(fwd.request, fwd.upstreams, self._exchange, lambda: secrets.randbits(16))
-        if resp is not None:
-            with self._answers_lock:
-                self.answers.put(cache_key(fwd.request), resp, time.monotonic())
-        return relay(fwd.request, resp, fwd.limit)
+        if resp is None:
+            return relay(fwd.request, None, fwd.limit), 0
+        with self._answers_lock:
+            self.answers.put(cache_key(fwd.request), resp, time.monotonic())
+        return relay(fwd.request, resp, fwd.limit), cache_ttl(resp, self.answers.max_ttl)
 
     def _exchange(self, up: Upstream, wire: bytes, tcp: bool) -> bytes | None:
         family = socket.AF_INET6 if ":" in up.host else socket.AF_INET
@@ -475,7 +490,7 @@ class DnsService:
                 elif isinstance(out, Reply):
                     wire = out.wire
                 else:
-                    wire = self._from_answer_cache(out) or self._forward(out)
+                    wire = (self._from_answer_cache(out) or self._forward(out))[0]
                 conn.sendall(_LEN.pack(len(wire)) + wire)
         except (OSError, EOFError):
             pass
