@@ -320,3 +320,21 @@ def test_per_domain_forwarder_takes_only_its_domain(bus: EventBus, tmp_path: Pat
         svc.stop()
         default.close()
         corp.close()
+
+
+def test_leases_from_before_start_are_caught_up(bus: EventBus, tmp_path: Path) -> None:
+    ip = ipaddress.IPv4Address
+    rows = [(ip("127.77.0.40"), "52:54:00:00:00:40", "early"),
+            (ip("127.77.0.41"), "52:54:00:00:00:41", "gone")]
+    svc = DnsService(network(), ServiceContext(tmp_path, tmp_path, bus), port=free_port(GW),
+                     load_leases=lambda: list(rows))
+    assert "gone.lab.vnet." in svc.zone.rrsets
+    # The DHCP server changes leases after we were built but before we subscribed.
+    rows[1:] = [(ip("127.77.0.42"), "52:54:00:00:00:42", "late")]
+    svc.start()
+    try:
+        assert wait_for(lambda: query(svc, "late.lab.vnet").rr)
+        assert query(svc, "early.lab.vnet").rr
+        assert query(svc, "gone.lab.vnet").header.rcode == RCODE.NXDOMAIN
+    finally:
+        svc.stop()

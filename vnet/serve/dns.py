@@ -36,6 +36,7 @@ from vnet.dns.forward import AnswerCache, Routes, Upstream, cache_key, cache_ttl
 from vnet.dns.zone import Zone, build_zone
 from vnet.errors import HostError
 from vnet.events import LeaseEvent, LeaseState
+from vnet.leases import store_for
 from vnet.model import Network
 from vnet.serve import Service, ServiceContext
 
@@ -48,6 +49,7 @@ MAX_TCP_CLIENTS = 64
 TCP_IDLE = 10.0
 MAX_FORWARDS_IN_FLIGHT = 256
 _LEN = struct.Struct("!H")
+LeaseRow = tuple[ipaddress.IPv4Address, str, str | None]  # ip, mac, hostname
 
 
 class DnsService:
@@ -60,7 +62,7 @@ class DnsService:
         network: Network,
         ctx: ServiceContext,
         *,
-        leases: Iterable[tuple[ipaddress.IPv4Address, str, str | None]] = (),
+        load_leases: Callable[[], Iterable[LeaseRow]] | None = None,
         port: int = 53,
         upstream_timeout: float = 1.0,
         forward_workers: int = 8,
@@ -76,11 +78,13 @@ class DnsService:
         self.forward_workers = forward_workers
         self.batch = batch  # recvmmsg/sendmmsg when the platform has them
         self.routes = Routes(network.dns.forwarders if network.dns else ())
+        self._load_leases = load_leases
         # ip -> (mac, hostname), oldest first; the zone is rebuilt from it.
         self._leases: OrderedDict[ipaddress.IPv4Address, tuple[str, str | None]] = OrderedDict(
-            (ip, (mac, host)) for ip, mac, host in leases
+            (ip, (mac, host)) for ip, mac, host in (load_leases() if load_leases else ())
         )
         self._leases_lock = threading.Lock()
+        self._touched: set[ipaddress.IPv4Address] | None = None  # ips events changed at start
         self._serial = int(time.time())
         zone = self._build()
         assert zone is not None
@@ -120,7 +124,7 @@ class DnsService:
                 f"{self.address}:{self.port}: {err.strerror or err}"
             ) from err
         self._pool = ThreadPoolExecutor(self.forward_workers, thread_name_prefix="dns-fwd")
-        self._unsubscribe = self.ctx.events.subscribe(self._on_lease)
+        self._subscribe()
         for target, tname in (
             (self._udp_loop, "dns-udp"),
             (self._tcp_accept, "dns-tcp"),
@@ -132,6 +136,28 @@ class DnsService:
             thread.start()
             self._threads.append(thread)
         log.info("DNS for %s listening on %s:%d", self.network.name, self.address, self.port)
+
+    def _subscribe(self) -> None:
+        """Follow lease events, then catch up with the store: leases that changed between
+        construction and now are not lost, and an event seen meanwhile beats the store."""
+        with self._leases_lock:
+            self._touched = set()
+        self._unsubscribe = self.ctx.events.subscribe(self._on_lease)
+        if self._load_leases is not None:
+            rows = list(self._load_leases())
+            with self._leases_lock:
+                touched, self._touched = self._touched, None
+                keep = {ip for ip, _, _ in rows} | touched
+                for ip in [ip for ip in self._leases if ip not in keep]:
+                    del self._leases[ip]
+                for ip, mac, host in rows:
+                    if ip not in touched and self._leases.get(ip) != (mac, host):
+                        self._leases.pop(ip, None)
+                        self._leases[ip] = (mac, host)
+            self._dirty.set()
+        else:
+            with self._leases_lock:
+                self._touched = None
 
     def stop(self) -> None:
         self._stopping = True
@@ -200,6 +226,8 @@ class DnsService:
         if event.network != self.network.name:
             return
         with self._leases_lock:
+            if self._touched is not None:
+                self._touched.add(event.ip)
             old = self._leases.get(event.ip)
             if event.state in (LeaseState.BOUND, LeaseState.RENEWED):
                 host = event.hostname or (old[1] if old and old[0] == event.mac else None)
@@ -579,12 +607,8 @@ def _read_message(sock: socket.socket) -> bytes | None:
     return _read_exact(sock, _LEN.unpack(head)[0])
 
 
-def _initial_leases(
-    network: Network, ctx: ServiceContext
-) -> list[tuple[ipaddress.IPv4Address, str, str | None]]:
+def _store_leases(network: Network, ctx: ServiceContext) -> list[LeaseRow]:
     """The network's active leases from the lease store, oldest first (empty if none)."""
-    from vnet.leases import store_for
-
     records = store_for(ctx.state_dir).active_leases(network.name)
     return [(r.ip, r.mac, r.hostname) for r in sorted(records, key=lambda r: r.expires)]
 
@@ -593,5 +617,5 @@ def create(network: Network, ctx: ServiceContext) -> Service | None:
     """The DNS service for ``network``, or None when it has no IPv4 or its DNS is disabled."""
     if network.ipv4 is None or (network.dns is not None and not network.dns.enabled):
         return None
-    return DnsService(network, ctx, leases=_initial_leases(network, ctx))
+    return DnsService(network, ctx, load_leases=lambda: _store_leases(network, ctx))
 
