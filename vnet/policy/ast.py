@@ -113,10 +113,6 @@ class Rule:
     def match(self, key: str) -> Match | None:
         return next((m for m in self.matches if m.key == key), None)
 
-    @property
-    def label(self) -> str:
-        return f"{self.policy} {self.direction} #{self.index}"
-
 
 @dataclass(frozen=True)
 class SetDef:

@@ -152,7 +152,6 @@ class _Stage:
     direction: str  # "inbound" / "outbound"
     classes: frozenset[str]  # frame classes this stage evaluates
     network: Network
-    net_index: int
     set_names: Mapping[tuple[str, str], str]  # (policy, set) -> table set name
 
     @property
@@ -597,8 +596,10 @@ def compile_state(
     bridge_classes = frozenset({"arp", "other"}) | (HANDOFF_ALL - handoff)
     used_ids: set[int] = set()
     bound_ips: set[ipaddress.IPv4Address] = set()
-    for ni, net in enumerate(model.networks):
-        compiled.network_index[net.name] = ni
+    # Networks are numbered among those that get rules, so leaving out open or bridgeless
+    # networks beforehand (as ``vnet apply`` may) gives the same document.
+    ni = -1
+    for net in model.networks:
         if net.mode == Mode.OPEN:
             compiled.notes.append(f"network {net.name}: mode open, vnet adds no rules")
             continue
@@ -607,6 +608,8 @@ def compile_state(
                 compiled.notes.append(f"network {net.name}: mode {net.mode.value} has no "
                                       "bridge; its guests are not filtered")
             continue
+        ni += 1
+        compiled.network_index[net.name] = ni
         elem("inet", "bridges", net.bridge.name)
         key = net_key(net.name)
         net_profiles = {(*net.policies, *g.policies) for g in net.guests}
@@ -645,7 +648,7 @@ def compile_state(
                     classes = bridge_classes if fam == "bridge" else handoff
                     for chain_name, direction in zip(pair, ("outbound", "inbound"), strict=True):
                         chains[fam].append(nj.add(nj.chain(fam, TABLE, chain_name)))
-                        stage = _Stage(fam, direction, classes, net, ni, set_names)
+                        stage = _Stage(fam, direction, classes, net, set_names)
                         rules[fam].extend(_profile_rules(profile, stage, chain_name))
                         elem(fam, "out" if direction == "outbound" else "in",
                              [number << PROFILE_SHIFT, nj.verdict_jump(chain_name)])
@@ -784,6 +787,3 @@ def forward_commands(
     return cmds
 
 
-def table_names() -> list[tuple[str, str]]:
-    """The (family, name) of every table vnet owns."""
-    return [("bridge", TABLE), ("inet", TABLE)]

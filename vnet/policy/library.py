@@ -180,5 +180,3 @@ def library_from_texts(texts: Mapping[str, str], base: Library | None = None) ->
         raise ConfigError(problems)
     return library
 
-
-DIRECTION_NAMES = DIRECTIONS
