@@ -494,7 +494,19 @@ def prepare_assets(root: Path = ASSET_ROOT) -> GuestAssets:
             build_initramfs(assets.initramfs, assets=assets)
         if not assets.initramfs_gz.exists():
             build_initramfs(assets.initramfs_gz, assets=assets, gzip_level=6)
+        _prune(kroot, keep={assets.initramfs, assets.initramfs_gz, modroot})
         return assets
+
+
+def _prune(kroot: Path, keep: set[Path], min_age: float = 3600) -> None:
+    """Remove initramfs files and module trees of other recipes built over ``min_age`` s ago."""
+    now = time.time()
+    for path in [*kroot.glob("initramfs-*"), *kroot.glob("modroot-*")]:
+        if path not in keep and now - path.stat().st_mtime > min_age:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
 
 
 # --- running a guest ----------------------------------------------------------------------
