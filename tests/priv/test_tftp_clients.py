@@ -92,6 +92,11 @@ def sha256(path: Path) -> str:
              "-r", "big.bin", "-l", "{out}", SERVER],
             id="atftp-windowsize-16",
         ),
+        pytest.param(  # blocks above the MTU: IP fragments, no UDP GSO (its fallback path)
+            ["atftp", "--option", "windowsize 4", "--option", "blksize 8192", "-g",
+             "-r", "big.bin", "-l", "{out}", SERVER],
+            id="atftp-blksize-8192-windowsize-4",
+        ),
         pytest.param(["tftp", "-m", "binary", SERVER, "-c", "get", "big.bin", "{out}"],
                      id="tftp-hpa"),
     ],

@@ -249,3 +249,53 @@ def test_factory_serves_the_network_root_on_its_gateway(root: Path) -> None:
     svc = create(with_tftp, ctx)
     assert isinstance(svc, TftpService)
     assert (svc.address, svc.port, svc.root, svc.max_per_client) == ("10.9.0.1", 69, root, 3)
+
+
+def windowed_read(client: Client, blksize: int, windowsize: int, drop: set[int]) -> bytes:
+    """An RFC 7440 reader: ACK each full window (or the last block); the blocks in ``drop``
+    are ignored the first time they arrive, and the gap is ACKed as the RFC says."""
+    oack = client.request("file.bin", options=(("blksize", str(blksize)),
+                                               ("windowsize", str(windowsize))))
+    assert oack == OptionAck((("blksize", str(blksize)), ("windowsize", str(windowsize))))
+    client.send(encode_ack(0))
+    out = bytearray()
+    expected, in_window, gap_acked = 1, 0, False
+    while True:
+        packet = client.receive()
+        assert isinstance(packet, Data)
+        if packet.block in drop:
+            drop.discard(packet.block)
+            continue
+        if packet.block != expected % 65536:
+            if not gap_acked:  # a gap: say what arrived in order, the server restarts there
+                client.send(encode_ack(expected - 1))
+                gap_acked, in_window = True, 0
+            continue
+        gap_acked = False
+        out += packet.payload
+        expected += 1
+        in_window += 1
+        last = len(packet.payload) < blksize
+        if in_window == windowsize or last:
+            client.send(encode_ack(packet.block))
+            in_window = 0
+        if last:
+            return bytes(out)
+
+
+@pytest.mark.parametrize(("blksize", "windowsize"), [(1468, 16), (512, 64), (9000, 4)])
+def test_windowed_read_arrives_intact(service: TftpService, blksize: int,
+                                      windowsize: int) -> None:
+    client = Client(service)
+    try:
+        assert windowed_read(client, blksize, windowsize, drop=set()) == CONTENT
+    finally:
+        client.close()
+
+
+def test_windowed_read_recovers_from_lost_blocks(service: TftpService) -> None:
+    client = Client(service)
+    try:
+        assert windowed_read(client, 1468, 16, drop={5, 17, 40, 68}) == CONTENT
+    finally:
+        client.close()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -40,6 +41,9 @@ TFTP_PORT = 69
 MAX_TRANSFERS = 1024  # all clients together; each one is a thread and a socket
 _RECV = 2048  # a reader only ever sends ACK and ERROR packets
 IP_FREEBIND = 15  # linux/in.h; not exported by Python's socket module
+_SOL_UDP, _UDP_SEGMENT = 17, 103  # linux/udp.h: UDP GSO segment size
+_MAX_GSO_SEGMENTS = 64  # UDP_MAX_SEGMENTS
+_MAX_UDP_PAYLOAD = 65507
 DEFAULT_LIMITS = Limits()
 
 
@@ -190,11 +194,11 @@ class TftpService:
 
     def _serve(self, sock: socket.socket, client: tuple[str, int], accepted: Accepted) -> None:
         transfer = accepted.transfer
-        monotonic, send, recv = time.monotonic, sock.send, sock.recv
+        monotonic, recv = time.monotonic, sock.recv
+        send = _Sender(sock, transfer.blksize, transfer.windowsize)
         armed = 0.0  # the kernel receive timeout (SO_RCVTIMEO) currently set
         try:
-            for datagram in transfer.start(monotonic()):
-                send(datagram)
+            send(transfer.start(monotonic()))
             while not transfer.finished and not self._stopping.is_set():
                 wait = transfer.deadline - monotonic()
                 if wait <= 0:
@@ -215,8 +219,8 @@ class TftpService:
                         if not datagram and self._stopping.is_set():
                             break
                         out = transfer.on_datagram(datagram, monotonic())
-                for datagram in out:
-                    send(datagram)
+                if out:
+                    send(out)
         except OSError as err:
             log.info("%s: transfer to %s ended: %s", self.label, client, err)
         finally:
@@ -245,6 +249,54 @@ class TftpService:
     def _count(self, key: str) -> None:
         with self._lock:
             self._stats[key] += 1
+
+
+class _Sender:
+    """Send a transfer's datagrams; a window of full blocks goes out as ONE UDP GSO send.
+
+    With ``UDP_SEGMENT`` set to the DATA packet size, the kernel cuts one buffer of N packets
+    back to back into N datagrams after a single pass through the stack (Linux >= 4.18): a
+    window of 16 costs one syscall instead of 16. Every packet but the last of a window is a
+    full block, so the cuts fall on packet boundaries. If the route cannot do it (a block
+    larger than the path MTU, no checksum offload), the first send fails and the transfer
+    falls back to one send per datagram.
+    """
+
+    def __init__(self, sock: socket.socket, blksize: int, windowsize: int) -> None:
+        self._send = sock.send
+        self._sock = sock
+        self._segment = blksize + 4
+        self._per_send = min(_MAX_GSO_SEGMENTS, _MAX_UDP_PAYLOAD // self._segment)
+        self._gso = windowsize > 1 and self._per_send > 1
+        if self._gso:
+            try:
+                sock.setsockopt(_SOL_UDP, _UDP_SEGMENT, self._segment)
+            except OSError:
+                self._gso = False
+
+    def __call__(self, datagrams: list[bytes]) -> None:
+        if self._gso and len(datagrams) > 1:
+            try:
+                self._send_segmented(datagrams)
+                return
+            except OSError as err:
+                if err.errno not in (errno.EINVAL, errno.EIO, errno.EMSGSIZE, errno.ENOTSUP):
+                    raise
+                log.info("UDP GSO unavailable (%s): one send per datagram", err.strerror)
+                self._gso = False
+                self._sock.setsockopt(_SOL_UDP, _UDP_SEGMENT, 0)
+        for datagram in datagrams:
+            self._send(datagram)
+
+    def _send_segmented(self, datagrams: list[bytes]) -> None:
+        segment, step = self._segment, self._per_send
+        for i in range(0, len(datagrams), step):
+            chunk = datagrams[i : i + step]
+            if len(chunk) > 1 and all(len(d) == segment for d in chunk[:-1]):
+                self._send(b"".join(chunk))
+            else:
+                for datagram in chunk:
+                    self._send(datagram)
 
 
 def _set_recv_timeout(sock: socket.socket, seconds: float) -> None:

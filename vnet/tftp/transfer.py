@@ -67,6 +67,14 @@ class ReadTransfer:
             self._base = 0
 
     @property
+    def blksize(self) -> int:
+        return self._blksize
+
+    @property
+    def windowsize(self) -> int:
+        return self._windowsize
+
+    @property
     def finished(self) -> bool:
         return self.outcome is not None
 
