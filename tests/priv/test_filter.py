@@ -432,3 +432,55 @@ def test_every_golden_document_is_accepted_by_the_kernel(netns_factory: NetnsFac
     # the last one applied is still there, and nothing else is
     assert in_netns(host, nft.list_table, "bridge") is not None
     in_netns(host, nft.delete_tables)
+
+
+def _contents(items: list[Any]) -> tuple[list[str], dict[str, list[str]]]:
+    """Rules (without handles) and set elements (sorted) of a listed table."""
+    rules = [json.dumps(x["rule"]["expr"], sort_keys=True) for x in items if "rule" in x]
+    sets = {}
+    for x in items:
+        for kind in ("set", "map"):
+            if kind in x:
+                sets[x[kind]["name"]] = sorted(json.dumps(e, sort_keys=True)
+                                               for e in x[kind].get("elem", []))
+    return rules, sets
+
+
+def test_guest_changes_apply_as_element_changes(netns_factory: NetnsFactory) -> None:
+    from dataclasses import replace
+
+    from vnet.host import nft
+    from vnet.policy import compile_ruleset, load_library
+    from vnet.policy.compile import element_changes
+
+    library = load_library(None)
+    old_model = make_model()
+    net = old_model.networks[0]
+    guests = [g for g in net.guests if g.name != "b"]  # b leaves
+    guests[0] = replace(guests[0], ip=IP4("10.77.0.111"))  # a's reservation changes
+    guests.append(Guest("d", "52:54:00:00:00:0d", "lab-d", ip=IP4("10.77.0.13")))  # d joins
+    new_model = Model((replace(net, guests=tuple(guests)),))
+    old, new = compile_ruleset(old_model, library), compile_ruleset(new_model, library)
+    changes = element_changes(old, new)
+    assert changes is not None
+    assert all(next(iter(c.values())).keys() == {"element"} for c in changes)
+
+    incremental, full = netns_factory("i"), netns_factory("f")
+    in_netns(incremental, nft.replace, old)
+    handles_before = sorted(
+        (x["rule"]["chain"], x["rule"]["handle"])
+        for x in in_netns(incremental, nft.list_table, "inet") if "rule" in x)
+    in_netns(incremental, nft.update_elements, changes)
+    in_netns(full, nft.replace, new)
+    for family in ("bridge", "inet"):
+        got = in_netns(incremental, nft.list_table, family)
+        want = in_netns(full, nft.list_table, family)
+        assert _contents(got) == _contents(want), family
+    handles_after = sorted(
+        (x["rule"]["chain"], x["rule"]["handle"])
+        for x in in_netns(incremental, nft.list_table, "inet") if "rule" in x)
+    assert handles_after == handles_before
+    # a new policy list needs new chains: no element-only path
+    web = replace(guests[-1], policies=("deny-all",))
+    other = Model((replace(net, guests=(*guests[:-1], web)),))
+    assert element_changes(old, compile_ruleset(other, library)) is None
