@@ -47,6 +47,7 @@ def required_features(net: Network) -> list[tuple[str, str]]:
 
 
 def check_capabilities(networks: Sequence[Network]) -> None:
+    caps.probe(feature for net in networks for feature, _ in required_features(net))
     missing = [
         f"network {net.name!r} ({net.source}): {key} needs {caps.FEATURES[feature]}, "
         "which this kernel does not provide"

@@ -1,17 +1,25 @@
 """Kernel capability detection, before any change is made.
 
-Each feature is probed for real in a throwaway network namespace (a forked child that
-unshares its network namespace), so the probe cannot disturb the host and also works where
-the feature is a loadable module the kernel would autoload. Results are cached per process.
+Features are probed for real in a throwaway network namespace: one forked child unshares its
+network namespace and tries to create what each feature needs, so the probe cannot disturb the
+host and also works where the feature is a module the kernel would autoload. The child speaks
+raw rtnetlink (``vnet.host.rtnl``), never pyroute2, whose import alone costs seconds in a slow
+guest. Results are cached per process; all features a command needs are probed in one child.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import json
 import os
-from functools import cache
+from collections.abc import Iterable
+
+from vnet.host.rtnl import Rtnl, u8_attr, u16_attr
 
 CLONE_NEWNET = 0x40000000
+IFLA_BR_VLAN_FILTERING = 7
+IFLA_VLAN_ID = 1
 
 # feature -> what a user reads in the error message
 FEATURES = {
@@ -23,28 +31,69 @@ FEATURES = {
     "veth": "veth",
 }
 
+_cache: dict[str, bool] = {}
 
-def _probe_in_child(feature: str) -> bool:
-    from vnet.host.netlink import probe_feature
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(CLONE_NEWNET) != 0:
+def _probe(rtnl: Rtnl, feature: str) -> bool:
+    """Create what ``feature`` needs; only ever called in the throwaway namespace."""
+    try:
+        if feature == "bond":
+            rtnl.newlink("vnprobe-bond", "bond")
+        elif feature == "bridge-vlan-filtering":
+            rtnl.newlink("vnprobe-br", "bridge", data=u8_attr(IFLA_BR_VLAN_FILTERING, 1))
+            link = next(r for r in rtnl.dump_links() if r.ifname == "vnprobe-br")
+            return bool(link.data.get("vlan_filtering"))
+        elif feature in ("veth", "vlan", "macvtap"):
+            if not any(r.ifname == "vnprobe0" for r in rtnl.dump_links()):
+                rtnl.newlink("vnprobe0", "veth", peer="vnprobe1")
+            parent = next(r.index for r in rtnl.dump_links() if r.ifname == "vnprobe0")
+            if feature == "vlan":
+                rtnl.newlink("vnprobe0.5", "vlan", link=parent, data=u16_attr(IFLA_VLAN_ID, 5))
+            elif feature == "macvtap":
+                rtnl.newlink("vnprobe-mvt", "macvtap", link=parent)
+        else:
+            return False
+    except OSError:
         return False
-    return probe_feature(feature)
+    return True
 
 
-@cache
-def has_feature(feature: str) -> bool:
-    if feature == "tun":
-        return os.path.exists("/dev/net/tun")
+def _probe_all_in_child(features: list[str]) -> dict[str, bool]:
+    read_fd, write_fd = os.pipe()
     pid = os.fork()
-    if pid == 0:  # child: probe, report by exit code, never return into the caller
-        code = 1
+    if pid == 0:  # child: never returns into the caller
         try:
-            code = 0 if _probe_in_child(feature) else 1
-        except BaseException:
-            code = 1
+            os.close(read_fd)
+            result: dict[str, bool] = dict.fromkeys(features, False)
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.unshare(CLONE_NEWNET) == 0:
+                with Rtnl() as rtnl:
+                    result = {f: _probe(rtnl, f) for f in features}
+            os.write(write_fd, json.dumps(result).encode())
         finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status) == 0
+            os._exit(0)
+    os.close(write_fd)
+    chunks = []
+    with contextlib.closing(os.fdopen(read_fd, "rb")) as reader:
+        chunks.append(reader.read())
+    os.waitpid(pid, 0)
+    try:
+        data = json.loads(b"".join(chunks) or b"{}")
+    except ValueError:
+        data = {}
+    return {f: bool(data.get(f, False)) for f in features}
+
+
+def probe(features: Iterable[str]) -> None:
+    """Probe every feature not known yet, all in one child."""
+    todo = sorted({f for f in features if f not in _cache})
+    if "tun" in todo:
+        _cache["tun"] = os.path.exists("/dev/net/tun")
+        todo.remove("tun")
+    if todo:
+        _cache.update(_probe_all_in_child(todo))
+
+
+def has_feature(feature: str) -> bool:
+    probe([feature])
+    return _cache[feature]

@@ -182,7 +182,8 @@ def _errors(what: str) -> Iterator[None]:
         code = _netlink_code(err)
         if code is None:
             raise
-        msg = f"cannot {what}: {errno.errorcode.get(code, code)} ({_strerror(code)})"
+        text = str(err.args[1]) if len(err.args) > 1 and err.args[1] else _strerror(code)
+        msg = f"cannot {what}: {errno.errorcode.get(code, code)} ({text})"
         if code in (errno.EEXIST, errno.EBUSY):
             raise ConflictError(msg) from err
         raise HostError(msg) from err
@@ -242,11 +243,12 @@ def _finish_links(host: _Host, specs: Sequence[LinkSpec]) -> None:
         requests.append(Rtnl.setlink_message(s.ifname, up=True, master=master, group=s.group,
                                              alias=s.alias, mtu=s.mtu))
     codes = host.rtnl.request_many(requests)
-    for s, code in zip(specs, codes, strict=True):
+    for i, (s, code) in enumerate(zip(specs, codes, strict=True)):
         if code:
             where = f" to {s.master!r}" if s.master else ""
+            detail = host.rtnl.details.get(i)
             raise HostError(f"cannot attach {s.kind} {s.ifname!r}{where} (network "
-                            f"{s.network!r}): {_strerror(code)}")
+                            f"{s.network!r}): {_strerror(code)}" + (f" ({detail})" if detail else ""))
 
 
 def _create_taps(host: _Host, actions: Sequence[Action]) -> None:
@@ -441,13 +443,6 @@ def _enslave(host: _Host, action: Action) -> None:
     what = f"enslave {action.ifname!r} to {action.value!r} (network {action.network!r})"
     if cur.master != action.value:
         master = host.index(action.value)
-        with _errors(what):
-            # Separate messages: the kernel applies flags before IFLA_MASTER, and bonding refuses
-            # a device that is up ("Device can not be enslaved while up").
-            if _is_bond(host, action.value):
-                host.rtnl.request(*Rtnl.setlink_message(action.ifname, up=False))
-            host.rtnl.request(*Rtnl.setlink_message(action.ifname, master=master))
-            host.rtnl.request(*Rtnl.setlink_message(action.ifname, up=True))
         old_master = host.index(cur.master) if cur.master else 0
         was_up = cur.up
 
@@ -456,7 +451,15 @@ def _enslave(host: _Host, action: Action) -> None:
                 rtnl.request_many([Rtnl.setlink_message(action.ifname, master=old_master),
                                    Rtnl.setlink_message(action.ifname, up=was_up)])
 
+        # Registered first: a failure half-way (taken down, then refused) is undone too.
         host.undo(release)
+        with _errors(what):
+            # Separate messages: the kernel applies flags before IFLA_MASTER, and bonding refuses
+            # a device that is up ("Device can not be enslaved while up").
+            if _is_bond(host, action.value):
+                host.rtnl.request(*Rtnl.setlink_message(action.ifname, up=False))
+            host.rtnl.request(*Rtnl.setlink_message(action.ifname, master=master))
+            host.rtnl.request(*Rtnl.setlink_message(action.ifname, up=True))
     for key, old, new in action.changes:
         if key == "vlan":
             _set_port_vlan(host, action.ifname, old if isinstance(old, PortVlan) else None,
@@ -496,9 +499,11 @@ def _delete_links(host: _Host, actions: Sequence[Action], observed: Observed | N
     covered = {n for g in groups_done for n in by_group[g]}
     requests += [Rtnl.dellink_message(a.ifname) for a in actions if a.ifname not in covered]
     codes = host.rtnl.request_many(requests)
-    failed = [c for c in codes if c and c != errno.ENODEV]
+    failed = [(i, c) for i, c in enumerate(codes) if c and c != errno.ENODEV]
     if failed:
-        raise HostError(f"cannot delete links: {_strerror(failed[0])}")
+        i, code = failed[0]
+        detail = host.rtnl.details.get(i)
+        raise HostError(f"cannot delete links: {_strerror(code)}" + (f" ({detail})" if detail else ""))
 
 
 _APPLY: dict[str, Callable[[_Host, Action], None]] = {
@@ -508,27 +513,5 @@ _APPLY: dict[str, Callable[[_Host, Action], None]] = {
     "enslave": _enslave,
     "sysctl": _sysctl,
 }
-
-def probe_feature(feature: str) -> bool:
-    """Try to create what ``feature`` needs. Call only in a throwaway network namespace."""
-    with _iproute() as ipr:
-        if feature == "bond":
-            ipr.link("add", ifname="vnprobe", kind="bond")
-            return True
-        if feature == "bridge-vlan-filtering":
-            ipr.link("add", ifname="vnprobe", kind="bridge", br_vlan_filtering=1)
-            with Rtnl() as rtnl:
-                probe = next(r for r in rtnl.dump_links() if r.ifname == "vnprobe")
-            return bool(probe.data.get("vlan_filtering"))
-        ipr.link("add", ifname="vnprobe0", kind="veth", peer={"ifname": "vnprobe1"})
-        if feature == "veth":
-            return True
-        parent = ipr.link_lookup(ifname="vnprobe0")[0]
-        if feature == "vlan":
-            ipr.link("add", ifname="vnprobe0.5", kind="vlan", link=parent, vlan_id=5)
-        elif feature == "macvtap":
-            ipr.link("add", ifname="vnprobe2", kind="macvtap", link=parent)
-    return True
-
 
 __all__ = ["NetlinkError", "apply_actions", "observe", "read_sysctls"]

@@ -11,6 +11,7 @@ It only speaks to the kernel of the calling thread's network namespace.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
@@ -23,6 +24,8 @@ NLMSG_DONE = 3
 NLM_F_REQUEST = 0x1
 NLM_F_ACK = 0x4
 NLM_F_DUMP = 0x300
+NLM_F_EXCL = 0x200
+NLM_F_CREATE = 0x400
 RTM_NEWLINK = 16
 RTM_DELLINK = 17
 RTM_GETLINK = 18
@@ -64,12 +67,22 @@ _DATA_ATTRS: dict[str, dict[int, tuple[str, str]]] = {
 }
 
 
-class NetlinkError(OSError):
-    """An NLMSG_ERROR answer; ``index`` is the position of the request in its batch."""
+SOL_NETLINK = 270
+NETLINK_CAP_ACK = 10
+NETLINK_EXT_ACK = 11
+NLM_F_CAPPED = 0x100
+NLM_F_ACK_TLVS = 0x200
+NLMSGERR_ATTR_MSG = 1
 
-    def __init__(self, code: int, index: int) -> None:
-        super().__init__(code, os.strerror(code))
+
+class NetlinkError(OSError):
+    """An NLMSG_ERROR answer; ``index`` is the position of the request in its batch and
+    ``detail`` the kernel's extended-ACK message, when it gave one."""
+
+    def __init__(self, code: int, index: int, detail: str = "") -> None:
+        super().__init__(code, os.strerror(code) + (f" ({detail})" if detail else ""))
         self.index = index
+        self.detail = detail
 
 
 @dataclass
@@ -114,8 +127,14 @@ class Rtnl:
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)  # NETLINK_ROUTE
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        # The kernel's reason in words ("Device can not be enslaved while up"), not only errno;
+        # and errors that do not echo the whole request back.
+        for opt in (NETLINK_EXT_ACK, NETLINK_CAP_ACK):
+            with contextlib.suppress(OSError):
+                self.sock.setsockopt(SOL_NETLINK, opt, 1)
         self.sock.bind((0, 0))
         self._seq = 0
+        self.details: dict[int, str] = {}  # request index -> kernel message, of the last batch
 
     def close(self) -> None:
         self.sock.close()
@@ -166,19 +185,21 @@ class Rtnl:
             IFLA_IFNAME, ifname.encode() + b"\0"
         )
 
-    def request_many(self, requests: Iterable[tuple[int, bytes]]) -> list[int]:
+    def request_many(self, requests: Iterable[tuple[int, bytes]], extra_flags: int = 0) -> list[int]:
         """Send requests pipelined (ACK each); return the errno of each (0 = success)."""
         reqs = list(requests)
         if not reqs:
             return []
         first = self._seq + 1
+        self.details = {}
         chunk: list[bytes] = []
         size = 0
         results = [-1] * len(reqs)
         pending = 0
         for i, (msg_type, body) in enumerate(reqs):
             self._seq += 1
-            msg = _HDR.pack(_HDR.size + len(body), msg_type, NLM_F_REQUEST | NLM_F_ACK, self._seq, 0)
+            msg = _HDR.pack(_HDR.size + len(body), msg_type, NLM_F_REQUEST | NLM_F_ACK | extra_flags,
+                            self._seq, 0)
             chunk.append(msg + body)
             size += len(msg) + len(body)
             pending += 1
@@ -198,12 +219,16 @@ class Rtnl:
             data = self.sock.recv(1 << 20)
             off = 0
             while off + _HDR.size <= len(data):
-                length, msg_type, _flags, seq, _pid = _HDR.unpack_from(data, off)
+                length, msg_type, flags, seq, _pid = _HDR.unpack_from(data, off)
                 if msg_type == NLMSG_ERROR:
                     code = struct.unpack_from("=i", data, off + _HDR.size)[0]
                     idx = seq - first
                     if 0 <= idx < len(results):
                         results[idx] = -code
+                        if code and flags & NLM_F_ACK_TLVS:
+                            detail = _ack_message(data, off, length, flags)
+                            if detail:
+                                self.details[idx] = detail
                 off += (length + 3) & ~3
                 if length == 0:
                     break
@@ -212,7 +237,25 @@ class Rtnl:
         """One request; raise NetlinkError on failure."""
         code = self.request_many([(msg_type, body)])[0]
         if code:
-            raise NetlinkError(code, 0)
+            raise NetlinkError(code, 0, self.details.get(0, ""))
+
+    def newlink(self, ifname: str, kind: str, *, link: int | None = None,
+                data: bytes = b"", peer: str | None = None) -> None:
+        """Create a link of ``kind`` (the capability probes use this; no pyroute2 import)."""
+        body = _IFI.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _attr(IFLA_IFNAME, ifname.encode() + b"\0")
+        if link is not None:
+            body += _attr(IFLA_LINK, _U32.pack(link))
+        if peer is not None:  # veth: VETH_INFO_PEER carries the peer's ifinfomsg + attributes
+            data = _attr(1, _IFI.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
+                         + _attr(IFLA_IFNAME, peer.encode() + b"\0"))
+        info = _attr(IFLA_INFO_KIND, kind.encode() + b"\0")
+        if data:
+            info += _attr(IFLA_INFO_DATA, data)
+        body += _attr(IFLA_LINKINFO, info)
+        code = self.request_many([(RTM_NEWLINK, body)], NLM_F_CREATE | NLM_F_EXCL)[0]
+        if code:
+            raise NetlinkError(code, 0, self.details.get(0, ""))
+
 
     # -- dumps -------------------------------------------------------------------------------
     def dump_links(self) -> list[RawLink]:
@@ -299,3 +342,24 @@ def _parse_linkinfo(buf: bytes, off: int, end: int, link: RawLink) -> None:
         if kind in wanted:
             name, fmt = wanted[kind]
             link.data[name] = struct.unpack_from("=" + fmt, buf, start)[0]
+
+
+def u8_attr(kind: int, value: int) -> bytes:
+    return _attr(kind, struct.pack("=B", value))
+
+
+def u16_attr(kind: int, value: int) -> bytes:
+    return _attr(kind, struct.pack("=H", value))
+
+
+def _ack_message(data: bytes, off: int, length: int, flags: int) -> str:
+    """NLMSGERR_ATTR_MSG of an extended ACK, if present."""
+    inner = off + _HDR.size + 4  # after the error code: the request's header (and body)
+    if inner + _HDR.size > off + length:
+        return ""
+    req_len = _HDR.unpack_from(data, inner)[0]
+    tlvs = inner + (_HDR.size if flags & NLM_F_CAPPED else (req_len + 3) & ~3)
+    for kind, start, stop in _iter_attrs(data, tlvs, off + length):
+        if kind == NLMSGERR_ATTR_MSG:
+            return _cstr(data, start, stop)
+    return ""
