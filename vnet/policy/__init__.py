@@ -1,8 +1,9 @@
 """Filter policies: YAML files -> checked AST -> nftables JSON for vnet's own tables.
 
 Public entry points (used by ``vnet apply``/``down``/``validate`` and the filter service):
-``load_library``, ``policy_names``, ``compile_ruleset``, ``compile_state``, ``policy_problems``
-and ``validate_policies``. Everything in this package is pure; the kernel side is
+``load_library``, ``policy_names``, ``compile_ruleset``, ``compile_state``, ``element_changes``
+(old document -> new one as element changes, when possible), ``policy_problems`` and
+``validate_policies``. Everything in this package is pure; the kernel side is
 ``vnet.host.nft``.
 """
 
@@ -18,6 +19,7 @@ from vnet.policy.compile import (
     binding_commands,
     compile_ruleset,
     compile_state,
+    element_changes,
     policy_problems,
     port_commands,
 )
@@ -44,6 +46,7 @@ __all__ = [
     "binding_commands",
     "compile_ruleset",
     "compile_state",
+    "element_changes",
     "load_library",
     "policy_names",
     "policy_problems",
