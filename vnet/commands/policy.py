@@ -64,9 +64,9 @@ def _handoff(stateless: bool) -> frozenset[str]:
         return frozenset()
     from vnet.host import netlink
 
+    # as vnet apply decides: a family is handed to the inet stage only when its sysctl is 1
+    # (absent when br_netfilter is not loaded: then everything is filtered in the bridge table)
     values = dict(netlink.read_sysctls(tuple(HANDOFF_SYSCTLS.values())))
-    if not values:  # br_netfilter not loaded here: vnet apply would load it first
-        return frozenset(HANDOFF_SYSCTLS)
     return frozenset(f for f, key in HANDOFF_SYSCTLS.items() if values.get(key) == "1")
 
 
