@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from vnet.serve import Service, ServiceContext
 log = logging.getLogger(__name__)
 
 IPv4 = ipaddress.IPv4Address
+MARKS_REFRESH = 1.0  # seconds between re-reads of the port ids for a port not found
 Apply = Callable[[Sequence[object]], None]
 
 
@@ -53,12 +55,15 @@ class FilterService:
         initial: Mapping[str, set[IPv4]] | None = None,
         apply: Apply = nft.update_elements,
         marks: Callable[[], Mapping[str, int]] = nft.port_marks,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.network = network
         self.events = events
         self._apply = apply
         self._marks_source = marks
         self._marks: Mapping[str, int] = {}
+        self._clock = clock
+        self._marks_read = -MARKS_REFRESH
         self._leased: dict[str, set[IPv4]] = {m: set(v) for m, v in (initial or {}).items()}
         self._lock = threading.Lock()
         self._unsubscribe: Callable[[], None] | None = None
@@ -67,6 +72,7 @@ class FilterService:
 
     def start(self) -> None:
         try:
+            self._marks_read = self._clock()
             self._marks = self._marks_source()
         except VnetError as err:  # tables not readable yet: retried on the first event
             log.warning("filter %s: cannot read port ids: %s", self.network.name, err)
@@ -85,7 +91,10 @@ class FilterService:
         if guest is None:
             return None
         mark = self._marks.get(guest.ifname)
-        if mark is None:  # applied after we started: read our map again
+        now = self._clock()
+        if mark is None and (not self._marks or now - self._marks_read >= MARKS_REFRESH):
+            # applied after we started: read our map again (at most once a second)
+            self._marks_read = now
             self._marks = self._marks_source()
             mark = self._marks.get(guest.ifname)
         if mark is None:
