@@ -211,12 +211,12 @@ class Topo:
     guests: dict[str, str]
     model: Model
 
-    def apply(self, model: Model | None = None, leases: Any = None) -> None:
+    def apply(self, model: Model | None = None, leases: Any = None, library: Any = None) -> None:
         from vnet.host import nft
         from vnet.policy import compile_ruleset, load_library
 
         self.model = model or self.model
-        doc = compile_ruleset(self.model, load_library(None), leases or {})
+        doc = compile_ruleset(self.model, library or load_library(None), leases or {})
         in_netns(self.host, nft.replace, doc)
 
     def handles(self) -> dict[str, list[tuple[str, int]]]:
@@ -484,3 +484,26 @@ def test_guest_changes_apply_as_element_changes(netns_factory: NetnsFactory) -> 
     web = replace(guests[-1], policies=("deny-all",))
     other = Model((replace(net, guests=(*guests[:-1], web)),))
     assert element_changes(old, compile_ruleset(other, library)) is None
+
+
+def test_host_access_only_dhcp_dns_tftp_unless_a_host_rule_allows(topo: Topo) -> None:
+    from dataclasses import replace
+
+    from vnet.policy import load_library
+    from vnet.policy.library import library_from_texts
+
+    library = library_from_texts({"ssh-to-host.yaml": (
+        "host:\n  rules:\n    - {proto: tcp, dport: 2222, saddr: $IP, action: accept}\n")},
+        load_library(None))
+    net = topo.model.networks[0]
+    guests = tuple(replace(g, policies=("ssh-to-host",)) if g.name == "a" else g
+                   for g in net.guests)
+    topo.apply(Model((replace(net, guests=guests),)), library=library)
+    servers = [TcpServer(topo.host, 2222), TcpServer(topo.host, 53)]
+    try:
+        assert tcp_connect(topo.guests["a"], GATEWAY, 2222)
+        assert not tcp_connect(topo.guests["b"], GATEWAY, 2222, timeout=0.7)
+        assert tcp_connect(topo.guests["b"], GATEWAY, 53)  # DNS is always open to guests
+    finally:
+        for s in servers:
+            s.close()

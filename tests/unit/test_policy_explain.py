@@ -34,7 +34,7 @@ def model(mode: Mode = Mode.NAT) -> Model:
     ("db1", "10.77.0.10", "accept", "vnet/policies/web-server.yaml:12"),
     ("web1", "198.51.100.1:25/tcp", "reject", "vnet/policies/web-server.yaml:18"),
     ("web1", "10.77.0.1:53/udp", "accept", "to the host"),
-    ("web1", "10.77.0.1:22/tcp", "drop", "only for DHCP, DNS and TFTP"),
+    ("web1", "10.77.0.1:22/tcp", "drop", "default drop"),
     ("new", "198.51.100.1:443/tcp", "drop", "vnet/policies/no-ip-spoofing.yaml:8"),
     ("lab/db1", "198.51.100.1:443/tcp", "accept", "nat"),
 ])

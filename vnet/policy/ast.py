@@ -17,7 +17,7 @@ from vnet.errors import ConfigError, Problem
 from vnet.model import normalize_mac
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-DIRECTIONS = ("inbound", "outbound")
+DIRECTIONS = ("inbound", "outbound", "host")  # host: from the guest to the host itself
 ACTIONS = ("accept", "drop", "reject")
 VARIABLES = ("$MAC", "$IP", "$IP6", "$NET", "$GATEWAY", "$GUESTS")
 RATE_UNITS = ("second", "minute", "hour", "day")
@@ -139,9 +139,10 @@ class Policy:
     sets: tuple[SetDef, ...] = ()
     inbound: Direction = field(default_factory=Direction)
     outbound: Direction = field(default_factory=Direction)
+    host: Direction = field(default_factory=Direction)
 
     def direction(self, name: str) -> Direction:
-        return self.inbound if name == "inbound" else self.outbound
+        return {"inbound": self.inbound, "outbound": self.outbound, "host": self.host}[name]
 
     def set(self, name: str) -> SetDef | None:
         return next((s for s in self.sets if s.name == name), None)
@@ -254,6 +255,7 @@ def parse_policy(text: str, file: str, default_name: str) -> Policy:
         sets=tuple(sets),
         inbound=directions["inbound"],
         outbound=directions["outbound"],
+        host=directions["host"],
     )
 
 

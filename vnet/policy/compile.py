@@ -310,7 +310,8 @@ def _comment(rule: Rule) -> str:
 
 
 def _log_prefix(rule: Rule) -> str:
-    return _truncate(_printable(f"vnet {rule.policy} {rule.direction[:-5]}#{rule.index} "), 127)
+    short = {"inbound": "in", "outbound": "out"}.get(rule.direction, rule.direction)
+    return _truncate(_printable(f"vnet {rule.policy} {short}#{rule.index} "), 127)
 
 
 def _profile_rules(profile: Profile, stage: _Stage, chain: str) -> list[nj.Command]:
@@ -447,6 +448,10 @@ def _network_rules(net: Network, ni: int, compiled: Compiled) -> list[nj.Command
                                             nj.anon_set(list(HOST_UDP_PORTS))), nj.accept()]))
     rules.append(("host_in", [iif, nj.match(nj.payload("tcp", "dport"),
                                             nj.anon_set(list(HOST_TCP_PORTS))), nj.accept()]))
+    # anything else: the sender's policies decide ("host:" rules), by its bound address
+    rules.append(("host_in", [
+        iif, nj.set_meta("mark", nj.map_lookup(nj.payload("ip", "saddr"), "@ip4_port")),
+        nj.vmap(_profile_key(), "@host")]))
     rules.append(("host_in", [iif, nj.drop()]))
     if net.mode == Mode.NAT and net.ipv4 is not None:
         prefix = nj.prefix(str(net.ipv4.network.network_address), net.ipv4.network.prefixlen)
@@ -582,6 +587,8 @@ def compile_state(
         # profile bits of the mark -> that profile's chains
         t.append(nj.add(nj.set_(fam, TABLE, "out", "mark", data="verdict")))
         t.append(nj.add(nj.set_(fam, TABLE, "in", "mark", data="verdict")))
+        if fam == "inet":
+            t.append(nj.add(nj.set_(fam, TABLE, "host", "mark", data="verdict")))
         t.append(nj.add(nj.set_(fam, TABLE, "mac", [key_t, "ether_addr"])))
         t.append(nj.add(nj.set_(fam, TABLE, "ip4", [key_t, "ipv4_addr"])))
         t.append(nj.add(nj.set_(fam, TABLE, "ip6", [key_t, "ipv6_addr"])))
@@ -652,6 +659,12 @@ def compile_state(
                         rules[fam].extend(_profile_rules(profile, stage, chain_name))
                         elem(fam, "out" if direction == "outbound" else "in",
                              [number << PROFILE_SHIFT, nj.verdict_jump(chain_name)])
+                host_chain = f"host_{ni}_{pi}"
+                chains["inet"].append(nj.add(nj.chain("inet", TABLE, host_chain)))
+                # local delivery always passes the inet input hook; dispatched by IPv4 source
+                stage = _Stage("inet", "host", frozenset({"ip"}), net, set_names)
+                rules["inet"].extend(_profile_rules(profile, stage, host_chain))
+                elem("inet", "host", [number << PROFILE_SHIFT, nj.verdict_jump(host_chain)])
             ips = tuple(ip for ip in _guest_ips(net, guest.mac, guest.ip, leases)
                         if ip not in bound_ips)
             bound_ips.update(ips)
@@ -690,7 +703,7 @@ def compile_state(
 def _uses_variable(profile: Profile, variable: str) -> bool:
     return any(
         v.kind == "var" and v.text == variable
-        for flow in (profile.inbound, profile.outbound)
+        for flow in (profile.inbound, profile.outbound, profile.host)
         for rule in flow.rules
         for m in rule.matches
         for v in m.values

@@ -21,6 +21,7 @@ from vnet.policy.library import Flow, Library
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 EPHEMERAL_PORT = 40000
+HOST_ONLY = "guests reach the host only for DHCP, DNS and TFTP unless a 'host:' rule allows"
 
 
 @dataclass(frozen=True)
@@ -227,7 +228,12 @@ def explain(
                                    f"{guest.name} outbound"))
     if steps and steps[-1].verdict != "accept":
         return Explanation(packet, tuple(steps))
-    steps.append(_forwarding(net, packet, receiver))
+    step = _forwarding(net, packet, receiver)
+    if step.reason == HOST_ONLY and names:  # the sender's "host:" rules decide
+        flow = library.profile(names).host
+        step = evaluate_flow(flow, packet, net, src_ips, guest.mac, library,
+                             f"{guest.name} to the host")
+    steps.append(step)
     if steps[-1].verdict != "accept" or receiver is None:
         return Explanation(packet, tuple(steps))
     rnet, rguest = receiver
@@ -255,7 +261,7 @@ def _forwarding(net: Network, packet: Packet, receiver: tuple[Network, Guest] | 
         allowed = (packet.proto == "udp" and packet.dport in HOST_UDP_PORTS) or (
             packet.proto == "tcp" and packet.dport in HOST_TCP_PORTS)
         if net.mode in L3_MODES and not allowed:
-            return Step(stage, "drop", "guests reach the host only for DHCP, DNS and TFTP")
+            return Step(stage, "drop", HOST_ONLY)
         return Step(stage, "accept", "to the host: DHCP, DNS or TFTP" if allowed else
                     "to the host (no vnet host rules in this mode)")
     same_net = receiver is not None and receiver[0].name == net.name

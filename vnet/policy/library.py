@@ -44,9 +44,10 @@ class Profile:
     inbound: Flow
     outbound: Flow
     sets: tuple[SetDef, ...]
+    host: Flow = Flow((), "drop", None)
 
     def flow(self, direction: str) -> Flow:
-        return self.inbound if direction == "inbound" else self.outbound
+        return {"inbound": self.inbound, "outbound": self.outbound, "host": self.host}[direction]
 
 
 class Library:
@@ -104,7 +105,8 @@ class Library:
             rules: list[Rule] = []
             for policy in order:
                 rules.extend(policy.direction(direction).rules)
-            default, default_source = "accept", None
+            # towards the host itself only DHCP, DNS and TFTP pass unless a policy allows more
+            default, default_source = ("drop" if direction == "host" else "accept"), None
             # The default of the last listed (top-level) policy that declares one wins.
             for name in key:
                 d = self.policies[name].direction(direction)
@@ -112,7 +114,7 @@ class Library:
                     default, default_source = d.default, d.default_source
             flows[direction] = Flow(tuple(rules), default, default_source)
         sets = tuple(s for policy in order for s in policy.sets)
-        profile = Profile(key, flows["inbound"], flows["outbound"], sets)
+        profile = Profile(key, flows["inbound"], flows["outbound"], sets, flows["host"])
         self._profiles[key] = profile
         return profile
 
