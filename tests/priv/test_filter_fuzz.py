@@ -1,6 +1,7 @@
 """Valid policies compile to documents the kernel accepts: hypothesis generates coherent rules
-of every layer (L2, VLAN, ARP, IPv4, ICMP, IPv6), and the kernel checks each compiled document,
-in all three br_netfilter hand-off variants, in a namespace of this test."""
+of every layer (L2, VLAN, ARP, IPv4, ICMP, IPv6) in all three directions, and the kernel checks
+each compiled document, in all three br_netfilter hand-off variants, in a namespace of this
+test."""
 
 from __future__ import annotations
 
@@ -72,6 +73,8 @@ policy = st.fixed_dictionaries({
     "inbound": st.fixed_dictionaries({"default": st.sampled_from(["accept", "drop"]),
                                       "rules": st.lists(rule, max_size=6)}),
     "outbound": st.fixed_dictionaries({"rules": st.lists(rule, max_size=6)}),
+    "host": st.fixed_dictionaries({"default": st.sampled_from(["accept", "drop"]),
+                                   "rules": st.lists(st.one_of(IP4, ICMP, L2), max_size=4)}),
 })
 
 MODEL = Model((Network(
