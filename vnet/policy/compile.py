@@ -5,23 +5,24 @@ Pure and deterministic: the same inputs give byte-identical JSON. No I/O, no ker
 Two tables, both named ``vnet`` (docs/policies.md draws the packet path):
 
 ``bridge vnet`` (stateless, sees every frame of a guest port)
-    Dispatches by port: ``iifname vmap @out`` (frames from a guest, prerouting hook) and
-    ``oifname vmap @in`` (frames to a guest, forward and output hooks) jump to one chain per
-    (network, profile). It evaluates the profile for frames the IP stage does not see (ARP,
-    other ether types, VLAN-tagged frames) and tags every frame with the port's id
-    (``meta mark``, ``0x76xxxxxx``) so the IP stage knows which guest port it came from or goes to.
+    Tags every frame from or to a guest port with the port's mark (``port_mark`` map:
+    4-bit tag 0x7, 10-bit profile number, 18-bit port id) and jumps by the profile bits
+    (``out``/``in`` verdict maps) to one chain per (network, profile): prerouting for frames
+    from a guest, forward and output for frames to one. It evaluates the profile for the frames
+    the IP stage does not see (ARP, other ether types, VLAN-tagged frames).
 
 ``inet vnet`` (stateful, via ``br_netfilter``)
     Evaluates the same profiles for IPv4/IPv6 packets, with conntrack: outbound in the
-    prerouting hook (keyed by the port mark), inbound in the forward hook (port mark for bridged
-    packets, ``ip daddr`` for routed ones). Then the network's forwarding mode (nat, route,
-    isolated), what guests may reach on the host (DHCP, DNS, TFTP) and NAT (masquerade, port
-    forwards).
+    prerouting hook (by the mark), inbound in the forward hook (by the mark for bridged packets,
+    by ``ip daddr`` -> ``ip4_port`` for routed ones), and ``host:`` rules in the input hook.
+    Then the network's forwarding mode (nat, route, isolated), DHCP/DNS/TFTP to the host and
+    NAT (masquerade, port forwards).
 
 Each frame is evaluated exactly once against the ordered rule list, by the stage that can see it,
 so first-match order holds. Per-guest facts (port, MAC, addresses) live only in set and map
 elements: adding a guest whose profile already exists, or a lease moving an address, is an
-element change (``port_commands``, ``binding_commands``), not a new ruleset.
+element change (``port_commands``, ``binding_commands``, ``element_changes``), not a new
+ruleset.
 """
 
 from __future__ import annotations
