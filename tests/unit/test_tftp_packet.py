@@ -81,13 +81,20 @@ def test_any_datagram_decodes_or_raises_malformed(raw: bytes) -> None:
 
 def test_negotiation_grants_in_request_order_and_clamps() -> None:
     got = negotiate(
-        (("tsize", "0"), ("blksize", "99999"), ("windowsize", "1000"), ("timeout", "3")),
+        (("tsize", "0"), ("blksize", "1468"), ("windowsize", "1000"), ("timeout", "3")),
         file_size=4242,
         limits=Limits(max_windowsize=64),
     )
-    assert got.oack == (("tsize", "4242"), ("blksize", "65464"), ("windowsize", "64"),
+    assert got.oack == (("tsize", "4242"), ("blksize", "1468"), ("windowsize", "64"),
                         ("timeout", "3"))
-    assert got.settings == Settings(blksize=65464, windowsize=64, timeout=3.0)
+    assert got.settings == Settings(blksize=1468, windowsize=64, timeout=3.0)
+
+
+def test_blksize_is_capped_and_the_window_fits_the_memory_cap() -> None:
+    got = negotiate((("windowsize", "64"), ("blksize", "99999")), file_size=1,
+                    limits=Limits(max_window_bytes=256 * 1024))
+    assert got.oack == (("windowsize", "4"), ("blksize", "65464"))
+    assert got.settings.windowsize == 4
 
 
 @pytest.mark.parametrize(

@@ -210,3 +210,19 @@ def test_netascii_translates_line_ends_across_chunks() -> None:
 
 def test_ack_parsed_by_the_fast_path_matches_the_codec() -> None:
     assert parse_packet(encode_ack(513)) == Ack(513)
+
+
+def test_reading_ahead_does_not_change_what_is_sent() -> None:
+    content = bytes(range(256)) * 3
+    eager, lazy = transfer(content, windowsize=4), transfer(content, windowsize=4)
+    sent_eager, sent_lazy = eager.start(0.0), lazy.start(0.0)
+    for _ in range(100):
+        if lazy.finished:
+            break
+        assert sent_eager == sent_lazy
+        eager.prepare()
+        eager.prepare()  # idempotent: at most one window ahead
+        last = data_of(sent_lazy)[-1][0]
+        sent_eager = eager.on_datagram(encode_ack(last), 0.1)
+        sent_lazy = lazy.on_datagram(encode_ack(last), 0.1)
+    assert eager.outcome is lazy.outcome is Outcome.COMPLETE

@@ -199,6 +199,7 @@ class TftpService:
         armed = 0.0  # the kernel receive timeout (SO_RCVTIMEO) currently set
         try:
             send(transfer.start(monotonic()))
+            transfer.prepare()
             while not transfer.finished and not self._stopping.is_set():
                 wait = transfer.deadline - monotonic()
                 if wait <= 0:
@@ -221,6 +222,7 @@ class TftpService:
                         out = transfer.on_datagram(datagram, monotonic())
                 if out:
                     send(out)
+                    transfer.prepare()
         except OSError as err:
             log.info("%s: transfer to %s ended: %s", self.label, client, err)
         finally:
@@ -264,6 +266,7 @@ class _Sender:
 
     def __init__(self, sock: socket.socket, blksize: int, windowsize: int) -> None:
         self._send = sock.send
+        self._sendmsg = sock.sendmsg
         self._sock = sock
         self._segment = blksize + 4
         self._per_send = min(_MAX_GSO_SEGMENTS, _MAX_UDP_PAYLOAD // self._segment)
@@ -293,7 +296,7 @@ class _Sender:
         for i in range(0, len(datagrams), step):
             chunk = datagrams[i : i + step]
             if len(chunk) > 1 and all(len(d) == segment for d in chunk[:-1]):
-                self._send(b"".join(chunk))
+                self._sendmsg(chunk)  # one datagram from the pieces, cut by the kernel
             else:
                 for datagram in chunk:
                     self._send(datagram)

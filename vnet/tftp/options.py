@@ -23,6 +23,8 @@ class Limits:
 
     max_blksize: int = MAX_BLKSIZE
     max_windowsize: int = 64
+    # A window is kept in memory until acknowledged (and one more is built ahead): cap its bytes.
+    max_window_bytes: int = 256 * 1024
     default_timeout: float = DEFAULT_TIMEOUT
     retries: int = 5
 
@@ -75,5 +77,9 @@ def negotiate(
             if file_size is None or number is None:
                 continue
             granted.append((name, str(file_size)))
+    fits = max(1, limits.max_window_bytes // blksize)
+    if windowsize > fits:
+        windowsize = fits
+        granted = [(k, str(fits) if k == "windowsize" else v) for k, v in granted]
     settings = Settings(blksize, windowsize, timeout, limits.retries)
     return Negotiated(settings, tuple(granted))

@@ -54,8 +54,9 @@ class ReadTransfer:
         self._max_retries = settings.retries
         self._window: deque[bytes] = deque()
         self._base = 1  # absolute number of the first packet in _window
+        self._ahead: deque[bytes] = deque()  # DATA packets built ahead of the window
         self._next = 1  # absolute number of the next DATA block to read
-        self._eof = False
+        self._eof = False  # the last (short) block has been read
         self._retries = 0
         self._dup_resent = False
         self.deadline = float("inf")
@@ -138,14 +139,28 @@ class ReadTransfer:
             return []
         return self._send_window(now)
 
-    def _fill(self) -> None:
-        window, read, blksize = self._window, self._read, self._blksize
-        while len(window) < self._windowsize and not self._eof:
+    def prepare(self) -> None:
+        """Read and build the next window's packets now, while the client has the current one.
+
+        Optional (the transfer reads on demand otherwise): a transport calls it after sending,
+        so the file read is off the path from an ACK to the next DATA.
+        """
+        ahead, read, blksize = self._ahead, self._read, self._blksize
+        while len(ahead) < self._windowsize and not self._eof:
             payload = read(blksize)
-            window.append(data_header(self._next) + payload)
+            ahead.append(data_header(self._next) + payload)
             self._next += 1
             if len(payload) < blksize:
                 self._eof = True
+
+    def _fill(self) -> None:
+        window, ahead = self._window, self._ahead
+        while len(window) < self._windowsize:
+            if not ahead:
+                self.prepare()
+                if not ahead:
+                    return
+            window.append(ahead.popleft())
 
     def _send_window(self, now: float) -> list[bytes]:
         self.deadline = now + self._timeout
