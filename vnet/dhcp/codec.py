@@ -179,7 +179,8 @@ def encode(packet: Packet, prebuilt: bytes = b"") -> bytes:
         packet.op, packet.htype, packet.hlen, packet.hops, packet.xid, packet.secs, packet.flags,
         packet.ciaddr, packet.yiaddr, packet.siaddr, packet.giaddr, packet.chaddr, sname, bootfile,
     )
-    body = head + MAGIC + encode_options(packet.options) + prebuilt + b"\xff"
+    opts = encode_options(packet.options) if packet.options else b""
+    body = head + MAGIC + opts + prebuilt + b"\xff"
     if len(body) < BOOTP_MIN_REPLY:
         body += b"\0" * (BOOTP_MIN_REPLY - len(body))
     return body

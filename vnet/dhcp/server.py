@@ -116,7 +116,12 @@ class _Pool:
         self.size = sum(last - first + 1 for first, last in self.spans)
 
     def contains(self, ip: int) -> bool:
-        return ip not in self.excluded and any(a <= ip <= b for a, b in self.spans)
+        if ip in self.excluded:
+            return False
+        if len(self.spans) == 1:  # the usual case, without a generator
+            first, last = self.spans[0]
+            return first <= ip <= last
+        return any(first <= ip <= last for first, last in self.spans)
 
     def at(self, index: int) -> int:
         for first, last in self.spans:
@@ -167,6 +172,12 @@ class DhcpCore:
         self._expiry: list[tuple[float, int]] = []
         self._rate: dict[str, list[float]] = {}
         self._prl_cache: dict[bytes, bytes] = {}
+        self._head = {
+            t: codec.encode_options({o.MESSAGE_TYPE: bytes((t,)), o.SERVER_ID: self.server_id})
+            for t in (codec.OFFER, codec.ACK, codec.NAK)
+        }
+        self._times: dict[int, bytes] = {}
+        self._boots = config.boot is not None
         self._exhausted_until = 0.0
         self._exhausted_logged = 0.0
         self.counters: dict[str, int] = dict.fromkeys(
@@ -379,28 +390,38 @@ class DhcpCore:
         hostname: str | None = None,
         message: str | None = None,
     ) -> Outcome:
-        opts: dict[int, bytes] = {o.MESSAGE_TYPE: bytes((msg_type,)), o.SERVER_ID: self.server_id}
+        # The option area is assembled from cached pieces: this runs for every reply.
+        parts = [self._head[msg_type]]
         siaddr = codec.ZERO_IP
         bootfile = b""
-        prebuilt = b""
         if msg_type != codec.NAK:
             if lease_time is not None:
-                opts[o.LEASE_TIME] = o.u32(lease_time)
-                opts[o.RENEWAL_TIME] = o.u32(lease_time // 2)
-                opts[o.REBINDING_TIME] = o.u32(lease_time * 7 // 8)
+                times = self._times.get(lease_time)
+                if times is None:
+                    times = self._times[lease_time] = codec.encode_options({
+                        o.LEASE_TIME: o.u32(lease_time),
+                        o.RENEWAL_TIME: o.u32(lease_time // 2),
+                        o.REBINDING_TIME: o.u32(lease_time * 7 // 8),
+                    })
+                parts.append(times)
             if hostname and res is not None and res.name:
-                opts[o.HOSTNAME] = hostname.encode()
-            siaddr, bootfile, boot_opts = self._boot(pkt, res)
-            opts.update(boot_opts)
-            prebuilt = self._static_options(pkt.options.get(o.PARAMETER_REQUEST_LIST))
+                parts.append(codec.encode_options({o.HOSTNAME: hostname.encode()}))
+            if self._boots or res is not None:
+                siaddr, bootfile, boot_opts = self._boot(pkt, res)
+                if boot_opts:
+                    parts.append(codec.encode_options(boot_opts))
+            parts.append(self._static_options(pkt.options.get(o.PARAMETER_REQUEST_LIST)))
         elif message:
-            opts[o.MESSAGE] = message.encode()
+            parts.append(codec.encode_options({o.MESSAGE: message.encode()}))
+        echo: dict[int, bytes] = {}
         cid = pkt.options.get(o.CLIENT_ID)
         if cid is not None:
-            opts[o.CLIENT_ID] = cid  # RFC 6842
+            echo[o.CLIENT_ID] = cid  # RFC 6842
         relay = pkt.options.get(o.RELAY_AGENT_INFO)
         if relay is not None:
-            opts[o.RELAY_AGENT_INFO] = relay  # RFC 3046: echoed last
+            echo[o.RELAY_AGENT_INFO] = relay  # RFC 3046: echoed last
+        if echo:
+            parts.append(codec.encode_options(echo))
         flags = pkt.flags
         giaddr = pkt.giaddr
         arp_mac = None
@@ -420,9 +441,9 @@ class DhcpCore:
         reply = Packet(
             codec.BOOTREPLY, pkt.htype, pkt.hlen, 0, pkt.xid, 0, flags,
             pkt.ciaddr if msg_type in (codec.ACK, codec.INFORM) else codec.ZERO_IP,
-            yiaddr, siaddr, giaddr, pkt.chaddr, b"", bootfile, opts,
+            yiaddr, siaddr, giaddr, pkt.chaddr, b"", bootfile, {},
         )
-        return Outcome(codec.encode(reply, prebuilt), dest, port, arp_mac)
+        return Outcome(codec.encode(reply, b"".join(parts)), dest, port, arp_mac)
 
     def _nak(self, pkt: Packet, why: str) -> Outcome:
         self.counters["nak"] += 1

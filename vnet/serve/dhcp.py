@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 SIOCSARP = 0x8955
 ATF_COM = 0x02
 ARPHRD_ETHER = 1
-BATCH = 256
+BATCH = 1024
 EXPIRE_EVERY = 1.0
 RECV_SIZE = 4096  # larger than any DHCP message we answer; bigger ones are truncated -> dropped
 PROBE_WAIT = 0.5  # seconds an address has to answer a ping before it is offered
@@ -311,23 +311,25 @@ class DhcpService:
             self._dispatch({self: outs}, [o.commit for o in outs if o.commit is not None])
 
     def _dispatch(self, sends: dict[DhcpService, list[Outcome]], rows: list[Row]) -> None:
-        """Commit the batch's lease changes in one transaction, then send and publish."""
-        if rows:
-            try:
-                self.store.write(rows)
-            except HostError as err:
-                # Not durable: send none of the batch's ACKs; the clients will retry.
-                self.counters["commit_failed"] += 1
-                log.error("%s: %s", self.config.network, err)
-                for service, outs in sends.items():
-                    for out in outs:
-                        if out.commit is None and out.reply is not None:
-                            service._send(out)
-                return
+        """Send what needs no commit (OFFERs, NAKs) at once; commit the cycle's lease changes
+        in one transaction; then send the ACKs and publish the events."""
+        for service, outs in sends.items():
+            for out in outs:
+                if out.commit is None and out.reply is not None:
+                    service._send(out)
+        if not rows:
+            return
+        try:
+            self.store.write(rows)
+        except HostError as err:
+            # Not durable: none of the cycle's ACKs is sent; the clients will retry.
+            self.counters["commit_failed"] += 1
+            log.error("%s: %s", self.config.network, err)
+            return
         publish = self.ctx.events.publish
         for service, outs in sends.items():
             for out in outs:
-                if out.reply is not None:
+                if out.commit is not None and out.reply is not None:
                     service._send(out)
         for outs in sends.values():
             for out in outs:
