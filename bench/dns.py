@@ -1,14 +1,17 @@
 """DNS benchmark: dnsperf against vnet's DNS service and dnsmasq, same topology, same run.
 
-    flock /tmp/vnet-bench.lock .venv/bin/python bench/dns.py [--seconds 10] [--rounds 2] [--write]
+    flock /tmp/vnet-bench.lock .venv/bin/python bench/dns.py \
+        [--seconds 8] [--rounds 5] [--names 100] [--forwarded] [--write]
 
 Builds its own namespaces (``vnsb<pid>h``: a bridge with the gateway address, where the server
 runs; ``vnsb<pid>c``: the client, on a veth port of that bridge) and deletes them afterwards,
 also on failure. Each server answers the same local names (``hN.bench.vnet``: DHCP reservations
 for vnet, ``--host-record`` for dnsmasq); the server is pinned to CPU 0 and dnsperf to CPU 1.
-Servers alternate over ``--rounds``; the table shows each server's best round. Where the time
-goes: the server's user and system CPU per query (from /proc) and vnet's cache counters.
-``--write`` writes the table to bench/RESULTS-dns.md.
+With ``--forwarded`` a second scenario asks names of ``fwd.example``, which both servers
+forward to an upstream dnsmasq on the server namespace's loopback and then answer from their
+caches. Servers alternate over ``--rounds``; tables show each server's best and median round.
+Where the time goes: the server's user and system CPU per query (from /proc) and vnet's cache
+counters. ``--write`` writes the tables to bench/RESULTS-dns.md.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 GW, CLIENT = "10.99.0.1", "10.99.0.10"
 DOMAIN = "bench.vnet"
+UPSTREAM = "127.0.0.1#5300"  # the forwarders' upstream: dnsmasq on the server namespace's lo
+FWD_DOMAIN = "fwd.example"
 SERVER_CPU, CLIENT_CPU = "0", "1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -122,8 +127,12 @@ def measure(name: str, proc: subprocess.Popen[str], pid: int, client: str, queri
     return Result(name, qps, lost, lat, (u1 - u0) / total * 1e6, (s1 - s0) / total * 1e6)
 
 
+def first_name(queries: Path) -> str:
+    return queries.read_text().split()[0]
+
+
 def bench_vnet(host: str, client: str, queries: Path, seconds: float, count: int) -> Result:
-    spec = json.dumps({"names": names(count)})
+    spec = json.dumps({"names": names(count), "forwarders": [UPSTREAM]})
     proc = subprocess.Popen(
         ["ip", "netns", "exec", host, "taskset", "-c", SERVER_CPU, sys.executable,
          str(Path(__file__).resolve()), "serve", spec],
@@ -134,7 +143,7 @@ def bench_vnet(host: str, client: str, queries: Path, seconds: float, count: int
     try:
         if proc.stdout.readline().strip() != "READY":
             raise RuntimeError("vnet DNS helper did not start")
-        result = measure("vnet", proc, proc.pid, client, queries, seconds, f"h1.{DOMAIN}")
+        result = measure("vnet", proc, proc.pid, client, queries, seconds, first_name(queries))
         proc.stdin.write("stats\n")
         proc.stdin.flush()
         result.extra = json.loads(proc.stdout.readline())
@@ -153,12 +162,12 @@ def bench_dnsmasq(host: str, client: str, queries: Path, seconds: float, count: 
     cmd = ["ip", "netns", "exec", host, "taskset", "-c", SERVER_CPU, "dnsmasq",
            "--conf-file=/dev/null", "--keep-in-foreground", "--no-resolv", "--no-hosts",
            "--bind-interfaces", f"--listen-address={GW}", "--pid-file=", "--user=root",
-           "--group=root", "--local-ttl=60", f"--domain={DOMAIN}"]
+           "--group=root", "--local-ttl=60", f"--domain={DOMAIN}", f"--server={UPSTREAM}"]
     cmd += [f"--host-record={h}.{DOMAIN},{ip}" for h, ip in names(count)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         # ``ip netns exec`` execs, so proc.pid is taskset's, which execs dnsmasq: one PID.
-        return measure("dnsmasq", proc, proc.pid, client, queries, seconds, f"h1.{DOMAIN}")
+        return measure("dnsmasq", proc, proc.pid, client, queries, seconds, first_name(queries))
     finally:
         proc.terminate()
         try:
@@ -170,10 +179,21 @@ def bench_dnsmasq(host: str, client: str, queries: Path, seconds: float, count: 
             proc.stderr.close()
 
 
+def start_upstream(host: str) -> subprocess.Popen[bytes]:
+    """dnsmasq answering every FWD_DOMAIN name (TTL 300): what both servers forward to."""
+    return subprocess.Popen(
+        ["ip", "netns", "exec", host, "dnsmasq", "--conf-file=/dev/null", "--keep-in-foreground",
+         "--no-resolv", "--no-hosts", "--bind-interfaces", "--listen-address=127.0.0.1",
+         "--port=5300", "--pid-file=", "--user=root", "--group=root", "--local-ttl=300",
+         f"--address=/{FWD_DOMAIN}/192.0.2.7"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+
 def serve(spec_json: str) -> int:
     """Helper process (runs in the server namespace): vnet's DNS service for the bench names."""
     from vnet.events import EventBus
-    from vnet.model import DhcpSpec, DnsSpec, Ipv4Spec, Mode, Network, Reservation
+    from vnet.model import DhcpSpec, DnsForwarder, DnsSpec, Ipv4Spec, Mode, Network, Reservation
     from vnet.serve import ServiceContext
     from vnet.serve.dns import DnsService
 
@@ -186,7 +206,7 @@ def serve(spec_json: str) -> int:
     network = Network(
         name="bench", mode=Mode.ISOLATED,
         ipv4=Ipv4Spec(ipaddress.IPv4Interface("10.99.0.1/16"), DhcpSpec(reservations=reservations)),
-        dns=DnsSpec(domain=DOMAIN),
+        dns=DnsSpec(domain=DOMAIN, forwarders=tuple(DnsForwarder(f) for f in spec["forwarders"])),
     )
     with tempfile.TemporaryDirectory() as tmp:
         service = DnsService(network, ServiceContext(Path(tmp), Path(tmp), EventBus()))
@@ -230,6 +250,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--names", type=int, default=100)
+    ap.add_argument("--forwarded", action="store_true",
+                    help="also measure forwarded (upstream, cached) names")
     ap.add_argument("--write", action="store_true", help="write bench/RESULTS-dns.md")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -241,44 +263,63 @@ def main() -> int:
             return 2
     tag = str(os.getpid())
     host = client = ""
-    best: dict[str, Result] = {}
-    rates: dict[str, list[float]] = {"vnet": [], "dnsmasq": []}
+    scenarios = ["local", "forwarded"] if args.forwarded else ["local"]
+    best: dict[tuple[str, str], Result] = {}
+    rates: dict[tuple[str, str], list[float]] = {}
+    upstream: subprocess.Popen[bytes] | None = None
     try:
         host, client = topology(tag)
+        upstream = start_upstream(host)
         with tempfile.TemporaryDirectory() as tmp:
-            queries = Path(tmp) / "queries"
-            queries.write_text("".join(f"{h}.{DOMAIN} A\n" for h, _ in names(args.names)))
+            files = {}
+            for scenario in scenarios:
+                files[scenario] = Path(tmp) / scenario
+                zone = DOMAIN if scenario == "local" else FWD_DOMAIN
+                files[scenario].write_text(
+                    "".join(f"{h}.{zone} A\n" for h, _ in names(args.names))
+                )
             for rnd in range(args.rounds):
-                for fn in (bench_vnet, bench_dnsmasq):
-                    r = fn(host, client, queries, args.seconds, args.names)
-                    print(f"round {rnd + 1}: {r.server:8s} {r.qps:10,.0f} q/s  lost {r.lost:.2f}%"
-                          f"  cpu/q {r.user_us:.2f}u+{r.sys_us:.2f}s us {r.extra or ''}",
-                          flush=True)
-                    rates[r.server].append(r.qps)
-                    if r.server not in best or r.qps > best[r.server].qps:
-                        best[r.server] = r
+                for scenario in scenarios:
+                    for fn in (bench_vnet, bench_dnsmasq):
+                        r = fn(host, client, files[scenario], args.seconds, args.names)
+                        print(f"round {rnd + 1} {scenario:9s}: {r.server:8s} {r.qps:10,.0f} q/s"
+                              f"  lost {r.lost:.2f}%  cpu/q {r.user_us:.2f}u+{r.sys_us:.2f}s us"
+                              f" {r.extra or ''}", flush=True)
+                        key = (scenario, r.server)
+                        rates.setdefault(key, []).append(r.qps)
+                        if key not in best or r.qps > best[key].qps:
+                            best[key] = r
     finally:
+        if upstream is not None:
+            upstream.terminate()
+            upstream.wait(timeout=10)
         for ns in (client, host):
             if ns:
                 delete_ns(ns)
-    results = [best["vnet"], best["dnsmasq"]]
-    medians = {k: statistics.median(v) for k, v in rates.items()}
-    out = table(results, medians)
+    tables = []
+    for scenario in scenarios:
+        results = [best[(scenario, "vnet")], best[(scenario, "dnsmasq")]]
+        medians = {srv: statistics.median(rates[(scenario, srv)]) for srv in ("vnet", "dnsmasq")}
+        what = "local names (A, NOERROR)" if scenario == "local" else (
+            "forwarded names (A from an upstream dnsmasq, TTL 300: cached by both after the "
+            "first query)")
+        tables.append(f"### {scenario}: {args.names} {what}\n\n{table(results, medians)}")
+    out = "\n\n".join(tables)
     print(out)
+    stats = best[("local", "vnet")].extra
     if args.write:
         cmd = "flock /tmp/vnet-bench.lock .venv/bin/python bench/dns.py " + " ".join(sys.argv[1:])
-        stats = results[0].extra
         text = (
             "# DNS benchmark (bench/dns.py)\n\n"
             f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}\n"
             f"- machine: {platform.node()}, {os.cpu_count()} CPUs, {platform.platform()}, "
             f"Python {platform.python_version()}\n"
             f"- command: `{cmd.strip()}`\n"
-            f"- load: dnsperf -q 200 -c 4, {args.seconds:g} s, {args.names} local names "
-            f"(A, all NOERROR); server on CPU {SERVER_CPU}, dnsperf on CPU {CLIENT_CPU}; "
+            f"- load: dnsperf -q 200 -c 4, {args.seconds:g} s per round, the same {args.names} "
+            f"names over and over; server on CPU {SERVER_CPU}, dnsperf on CPU {CLIENT_CPU}; "
             f"{args.rounds} alternating rounds (best and median shown)\n\n"
             f"{out}\n\n"
-            f"vnet counters after its best round: {stats.get('hits', 0):,} cache hits, "
+            f"vnet counters after its best local round: {stats.get('hits', 0):,} cache hits, "
             f"{stats.get('misses', 0):,} misses (first sight of each question).\n\n"
             "Where the time goes: 'server CPU/query' is the server process's user and system CPU\n"
             "over the run divided by the queries answered (from /proc/PID/stat); 'q/s per\n"

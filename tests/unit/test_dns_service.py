@@ -225,7 +225,15 @@ def test_forwarding_skips_dead_and_silent_upstreams(
         # Cached with its TTL: the upstream is not asked again.
         assert [str(r.rdata) for r in query(svc, "www.example.com").rr] == ["192.0.2.80"]
         assert len(upstreams["ok"].queries) == 1
+        assert svc.stats()["relayed_hits"] == 1  # the same query bytes: served as stored
+        time.sleep(1.1)  # TTLs count down in whole seconds
+        aged = query(svc, "www.example.com")
+        assert 0 < aged.rr[0].ttl < 300
+        assert svc.stats()["relayed_hits"] == 2
+        # Another client's form of the question (other ID, case) comes from the answer cache.
+        assert [str(r.rdata) for r in query(svc, "WWW.example.com").rr] == ["192.0.2.80"]
         assert svc.stats()["forward_cache_hits"] == 1
+        assert len(upstreams["ok"].queries) == 1
         assert query(svc, "nx.example.com").header.rcode == RCODE.NXDOMAIN
         # Over TCP too.
         assert [str(r.rdata) for r in query(svc, "tcp.example.com", tcp=True).rr] == [

@@ -88,15 +88,19 @@ class TimedReplyCache:
     A hit is the stored reply with the query's ID and every TTL aged by the seconds since it
     was stored (patched in place: no parsing), so forwarded names that are asked again cost a
     dict lookup and a few struct writes instead of two dnslib round trips. Clock passed in.
+    Entries are ``(stored, expires, reply, [(ttl_offset, ttl)])``; the transport's batch loop
+    reads them directly, like ReplyCache's.
     """
 
-    def __init__(self, max_entries: int = 4096) -> None:
+    def __init__(self, max_entries: int = 4096, max_reply: int = 2048) -> None:
         self.max_entries = max_entries
+        self.max_reply = max_reply
         self.entries: dict[bytes, tuple[float, float, bytes, list[tuple[int, int]]]] = {}
         self.lock = threading.Lock()
 
     def store(self, query: bytes, reply: bytes, now: float, ttl: int) -> None:
-        fields = ttl_fields(reply) if ttl > 0 and len(query) >= 12 else None
+        ok = ttl > 0 and len(query) >= 12 and len(reply) <= self.max_reply
+        fields = ttl_fields(reply) if ok else None
         if fields is None:
             return
         with self.lock:
