@@ -34,6 +34,7 @@ from vnet.tftp.options import Limits
 from vnet.tftp.packet import ErrorCode, encode_error
 from vnet.tftp.paths import Refused
 from vnet.tftp.session import Accepted, accept
+from vnet.tftp.transfer import Outcome
 
 log = logging.getLogger(__name__)
 
@@ -194,8 +195,9 @@ class TftpService:
 
     def _serve(self, sock: socket.socket, client: tuple[str, int], accepted: Accepted) -> None:
         transfer = accepted.transfer
-        monotonic, recv = time.monotonic, sock.recv
+        monotonic, recv, prepare = time.monotonic, sock.recv, transfer.prepare
         send = _Sender(sock, transfer.blksize, transfer.windowsize)
+        send_one = sock.send if transfer.windowsize == 1 else None  # lock-step: the short path
         armed = 0.0  # the kernel receive timeout (SO_RCVTIMEO) currently set
         try:
             send(transfer.start(monotonic()))
@@ -221,8 +223,11 @@ class TftpService:
                             break
                         out = transfer.on_datagram(datagram, monotonic())
                 if out:
-                    send(out)
-                    transfer.prepare()
+                    if send_one is not None and len(out) == 1:
+                        send_one(out[0])
+                    else:
+                        send(out)
+                    prepare()
         except OSError as err:
             log.info("%s: transfer to %s ended: %s", self.label, client, err)
         finally:
@@ -240,7 +245,9 @@ class TftpService:
                     del self._per_client[client[0]]
                 self._workers.discard(threading.current_thread())
                 self._stats[outcome] += 1
-                self._stats["bytes"] += transfer.bytes_sent
+                self._stats["datagrams"] += transfer.datagrams_sent
+                if transfer.outcome is Outcome.COMPLETE:
+                    self._stats["bytes"] += accepted.file.size
 
     def _reply_error(self, client: tuple[str, int], refusal: Refused) -> None:
         # From a fresh port, like every other reply of a transfer (RFC 1350 TIDs).

@@ -62,7 +62,7 @@ class ReadTransfer:
         self.deadline = float("inf")
         self.outcome: Outcome | None = None
         self.detail = ""
-        self.bytes_sent = 0
+        self.datagrams_sent = 0
         if oack is not None:
             self._window.append(oack)
             self._base = 0
@@ -125,10 +125,14 @@ class ReadTransfer:
                 self._dup_resent = True
                 return self._send_window(now)
             return []
-        if delta > len(self._window):
-            return []  # an ACK for something not sent (or long ago): ignore
-        for _ in range(delta):
-            self._window.popleft()
+        window = self._window
+        if delta >= len(window):
+            if delta > len(window):
+                return []  # an ACK for something not sent (or long ago): ignore
+            window.clear()  # the usual case: the whole window arrived
+        else:
+            for _ in range(delta):
+                window.popleft()
         self._base += delta
         self._retries = 0
         self._dup_resent = False
@@ -165,7 +169,7 @@ class ReadTransfer:
     def _send_window(self, now: float) -> list[bytes]:
         self.deadline = now + self._timeout
         out = list(self._window)
-        self.bytes_sent += sum(map(len, out))
+        self.datagrams_sent += len(out)
         return out
 
     def _fail(self, outcome: Outcome, detail: str, code: ErrorCode) -> list[bytes]:
