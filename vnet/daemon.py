@@ -51,11 +51,11 @@ def load(options: DaemonOptions) -> Model:
     return load_model(options.config_dir, policy_dir)
 
 
-def apply_l2(model: Model) -> list[str]:
+def apply_l2(model: Model, options: DaemonOptions) -> list[str]:
     """Bridges, ports and the bridge addresses of ``model`` (``vnet.reconcile``)."""
     from vnet.reconcile import apply_model  # pulls in pyroute2: only when applying
 
-    return apply_model(model)
+    return apply_model(model, policy_dir=options.policy_dir, state_dir=options.state_dir)
 
 
 class Daemon:
@@ -112,7 +112,7 @@ class Daemon:
         store_for(self.options.state_dir)
         model = load(self.options)
         if self.options.apply_l2:
-            for line in apply_l2(model):
+            for line in apply_l2(model, self.options):
                 log.info("apply: %s", line)
         with self._lock:
             self.model = model
@@ -129,7 +129,7 @@ class Daemon:
             return
         try:
             if self.options.apply_l2:
-                for line in apply_l2(model):
+                for line in apply_l2(model, self.options):
                     log.info("apply: %s", line)
         except VnetError as err:
             log.error("reload: apply failed: %s", err)

@@ -9,7 +9,6 @@ no half-built network is left. Must not be called from inside a running asyncio 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import ipaddress
 import json
 from collections.abc import Sequence
@@ -22,7 +21,7 @@ from vnet.host import caps, netlink
 from vnet.model import Mode, Model, Network, PortKind
 from vnet.plan import Action, Observed, PlanConflict, desired_model, plan, plan_down, restrict
 
-RULESET_STAMP = "ruleset.sha256"
+RULESET_STAMP = "nftables.json"  # the document last loaded, in the state dir
 HANDOFF_SYSCTLS = {"ip": "net.bridge.bridge-nf-call-iptables", "ip6": "net.bridge.bridge-nf-call-ip6tables"}
 
 
@@ -74,12 +73,12 @@ def select(model: Model, names: Sequence[str] | None) -> list[Network]:
 
 @dataclass(frozen=True)
 class FilterPlan:
-    """The nftables side of a reconcile: the compiled document and whether it must be loaded."""
+    """The nftables side of a reconcile: what to load, and how (nothing, elements, replace)."""
 
     document: dict[str, Any] | None  # None: vnet needs no tables (delete them)
-    digest: str
-    stamp: Path | None
+    stamp: Path | None  # where the last loaded document is kept
     change: str | None  # what apply would do, or None when the kernel already has it
+    elements: list[Any] | None = None  # set/map element changes instead of a replacement
 
     def describe(self) -> str:
         return self.change or "no changes"
@@ -116,32 +115,47 @@ def _handoff() -> frozenset[str]:
     return frozenset(fam for fam, key in HANDOFF_SYSCTLS.items() if values.get(key) == "1")
 
 
+def _loaded_document(stamp: Path | None) -> dict[str, Any] | None:
+    if stamp is None or not stamp.exists():
+        return None
+    try:
+        doc = json.loads(stamp.read_text())
+    except (OSError, ValueError):
+        return None  # unreadable: replace the tables
+    return doc if isinstance(doc, dict) else None
+
+
 def plan_filters(model: Model, policy_dir: Path | None, state_dir: Path | None) -> FilterPlan:
-    """Compile vnet's nftables tables for ``model`` and compare with what was last loaded."""
+    """Compile vnet's nftables tables for ``model`` and compare with the last loaded document.
+
+    The same structure (tables, chains, rules, sets) with other elements -- a guest added or
+    removed, a reservation changed -- is loaded as element changes; anything else replaces the
+    tables in one transaction. The kernel is asked only whether vnet's own tables exist.
+    """
     from vnet.host import nft
-    from vnet.policy import compile_ruleset, load_library
+    from vnet.policy import compile_ruleset, element_changes, load_library
 
     filtered = [n for n in model.networks if n.mode != Mode.OPEN]
     stamp = state_dir / RULESET_STAMP if state_dir is not None else None
-    present = _vnet_tables_present(nft)
+    present = set(nft.owned_tables_present())
     if not filtered:
-        return FilterPlan(None, "", stamp, "delete nftables tables bridge vnet, inet vnet" if present else None)
+        return FilterPlan(None, stamp, "delete nftables tables bridge vnet, inet vnet" if present else None)
     library = load_library(policy_dir if policy_dir is not None and policy_dir.is_dir() else None)
-    doc = compile_ruleset(replace(model, networks=tuple(filtered)), library, _leases(state_dir),
-                          handoff=_handoff())
-    digest = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
-    loaded = stamp.read_text().strip() if stamp is not None and stamp.exists() else ""
-    if present and loaded == digest:
-        return FilterPlan(doc, digest, stamp, None)
+    compiled = compile_ruleset(replace(model, networks=tuple(filtered)), library, _leases(state_dir),
+                               handoff=_handoff())
+    doc: dict[str, Any] = json.loads(json.dumps(compiled))  # as it is stored: plain JSON
+    complete = present == {family for family, _ in nft.TABLES}
+    old = _loaded_document(stamp) if complete else None
+    if old == doc:
+        return FilterPlan(doc, stamp, None)
+    names = ", ".join(n.name for n in filtered)
+    changes = element_changes(old, doc) if old is not None else None
+    if changes is not None:
+        return FilterPlan(doc, stamp, f"update nftables elements ({len(changes)} changes, networks {names})",
+                          elements=changes)
     rules = sum(1 for c in doc.get("nftables", []) if isinstance(c, dict) and "rule" in c.get("add", {}))
-    return FilterPlan(doc, digest, stamp, f"replace nftables tables bridge vnet, inet vnet ({rules} rules, "
-                                          f"networks {', '.join(n.name for n in filtered)})")
-
-
-def _vnet_tables_present(nft: Any) -> bool:
-    listed = nft.run_json("list tables").get("nftables", [])
-    names = {(t["table"]["family"], t["table"]["name"]) for t in listed if "table" in t}
-    return any(t in names for t in nft.TABLES)
+    return FilterPlan(doc, stamp, f"replace nftables tables bridge vnet, inet vnet ({rules} rules, "
+                                  f"networks {names})")
 
 
 def apply_filter_plan(fp: FilterPlan) -> list[str]:
@@ -153,11 +167,16 @@ def apply_filter_plan(fp: FilterPlan) -> list[str]:
         nft.delete_tables()
         if fp.stamp is not None:
             fp.stamp.unlink(missing_ok=True)
+        return [fp.change]
+    if fp.elements is not None:
+        nft.update_elements(fp.elements)
     else:
         nft.replace(fp.document)
-        if fp.stamp is not None:
-            fp.stamp.parent.mkdir(parents=True, exist_ok=True)
-            fp.stamp.write_text(fp.digest + "\n")
+    if fp.stamp is not None:
+        fp.stamp.parent.mkdir(parents=True, exist_ok=True)
+        tmp = fp.stamp.with_suffix(".tmp")
+        tmp.write_text(json.dumps(fp.document, sort_keys=True))
+        tmp.replace(fp.stamp)
     return [fp.change]
 
 

@@ -245,3 +245,22 @@ def test_status_reports_ports_and_drift(vnet: Vnet) -> None:
     vnet("apply")
     vnet.assert_converged()
     vnet.assert_down_clean(["eth1"])
+
+
+def test_adding_a_guest_changes_elements_not_the_ruleset(vnet: Vnet) -> None:
+    foreign = add_foreign(vnet.ns)
+    filtered = LAB.replace("ipv4: {address: 10.77.0.1/24}",
+                           "ipv4: {address: 10.77.0.1/24}\npolicies: [clean-traffic]")
+    vnet.write("lab", filtered)
+    assert "replace nftables tables" in vnet("apply").stdout
+    handles = ns_exec(vnet.ns, "nft", "-a", "list", "chain", "inet", "vnet", "forward").stdout
+    assert "handle" in handles
+    vnet.write("lab", filtered + '  - {name: web2, mac: "52:54:00:00:00:12"}\n')
+    plan = vnet("plan").stdout.strip().splitlines()
+    assert plan[0] == "create tap lab-web2 (network lab, guest web2): master vn-lab, mtu 1500"
+    assert plan[1].startswith("update nftables elements (")
+    vnet("apply")
+    after = ns_exec(vnet.ns, "nft", "-a", "list", "chain", "inet", "vnet", "forward").stdout
+    assert after == handles  # same rules, same handles: no table replacement
+    vnet.assert_converged()
+    vnet.assert_down_clean(foreign)
