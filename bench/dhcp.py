@@ -282,8 +282,8 @@ def dnsmasq(lab: Lab) -> Iterator[subprocess.Popen[bytes]]:
 
 SERVERS = {"vnet": vnet, "kea": kea, "dnsmasq": dnsmasq}
 LADDERS = {
-    "vnet": [2000, 4000, 8000, 12000, 14000, 16000, 18000, 20000, 22000, 24000, 26000],
-    "kea": [2000, 4000, 8000, 12000, 14000, 16000, 18000, 20000, 22000, 24000, 26000],
+    "vnet": [4000, 6000, 8000, 10000, 12000, 14000, 16000, 18000, 20000, 22000, 24000],
+    "kea": [4000, 6000, 8000, 10000, 12000, 14000, 16000, 18000, 20000, 22000, 24000],
     "dnsmasq": [100, 200, 300, 400, 500, 700],
 }
 
@@ -394,6 +394,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=5, help="length of one rate step")
     parser.add_argument("--cpu-server", type=int, default=1)
     parser.add_argument("--cpu-client", type=int, default=0)
+    parser.add_argument("--rounds", type=int, default=2, help="ladders per server")
     parser.add_argument("--rates", help="comma-separated rates for every server (smoke test)")
     parser.add_argument("--crash", action="store_true", help="run the kill -9 crash test")
     parser.add_argument("--crash-rate", type=int, default=8000)
@@ -413,15 +414,23 @@ def main() -> int:
     best: dict[str, Step | None] = {}
     try:
         lab.setup()
-        for name in args.servers.split(","):
-            rates = [int(r) for r in args.rates.split(",")] if args.rates else None
-            best[name] = ladder(lab, name, args.seconds, lines, rates)
+        rates = [int(r) for r in args.rates.split(",")] if args.rates else None
+        for round_ in range(args.rounds):
+            # Servers alternate round by round, so a busy moment of the machine does not
+            # fall on one server only; each server's best round counts.
+            for name in args.servers.split(","):
+                lines.append(f"round {round_ + 1}: {name}")
+                step = ladder(lab, name, args.seconds, lines, rates)
+                old = best.get(name)
+                if old is None or (step is not None and step.achieved > old.achieved):
+                    best[name] = step
         summary = [
             "",
             f"date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
             f"{platform.node()} {os.cpu_count()} CPUs, {platform.platform()}",
             f"server on CPU {args.cpu_server}, perfdhcp on CPU {args.cpu_client}, "
-            f"{args.seconds:g} s per step, new clients, perfdhcp as relay",
+            f"{args.seconds:g} s per step, {args.rounds} rounds (best counts), new clients, "
+            "perfdhcp as relay",
             "",
             "| server | highest rate with <= 1% drops | median OFFER | median ACK |",
             "| --- | --- | --- | --- |",
