@@ -17,6 +17,7 @@ gives every service of the process the same store.
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import logging
 import sqlite3
@@ -44,7 +45,13 @@ CREATE TABLE IF NOT EXISTS leases (
     PRIMARY KEY (network, ip)
 ) WITHOUT ROWID
 """
-UPSERT = "INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?, ?, ?)"
+CHUNK = 1000  # rows per INSERT statement (7,000 bound values, below SQLite's limit)
+
+
+@functools.lru_cache(maxsize=64)
+def _upsert(rows: int) -> str:
+    return "INSERT OR REPLACE INTO leases VALUES " + ",".join(["(?,?,?,?,?,?,?)"] * rows)
+
 COLUMNS = "network, ip, mac, client, hostname, expires, state"
 CHECKPOINT_EVERY = 1.0  # seconds
 
@@ -166,9 +173,16 @@ class LeaseStore:
                 raise HostError(f"lease store {self.path} is closed")
             conn = self._conn
             try:
-                conn.execute("BEGIN")
-                conn.executemany(UPSERT, rows)
-                conn.execute("COMMIT")
+                if len(rows) <= CHUNK:
+                    # One statement in autocommit mode is one transaction: a single call into
+                    # SQLite (the GIL is released once, not per row).
+                    conn.execute(_upsert(len(rows)), [v for r in rows for v in r])
+                else:
+                    conn.execute("BEGIN")
+                    for i in range(0, len(rows), CHUNK):
+                        chunk = rows[i : i + CHUNK]
+                        conn.execute(_upsert(len(chunk)), [v for r in chunk for v in r])
+                    conn.execute("COMMIT")
             except sqlite3.Error as err:
                 self.errors += 1
                 with contextlib.suppress(sqlite3.Error):

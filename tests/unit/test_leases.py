@@ -124,3 +124,10 @@ def test_every_acknowledged_lease_survives_kill_9(tmp_path: Path) -> None:
     missing = [n for n in acked if f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}" not in stored]
     assert missing == []
     assert len(stored) >= len(acked)
+
+
+def test_a_batch_larger_than_one_statement_is_still_one_transaction(tmp_path: Path) -> None:
+    store = LeaseStore(tmp_path / "leases.db")
+    store.write([row(i) for i in range(2500)])
+    assert (store.commits, len(store.all_leases())) == (1, 2500)
+    store.close()
