@@ -44,7 +44,7 @@ def free_port(host: str) -> int:
 
 
 class FakeUpstream:
-    """A dnslib server on UDP+TCP: ``mode`` is ok, silent or truncating."""
+    """A dnslib server on UDP+TCP: ``mode`` is ok, slow (0.3 s per UDP answer) or silent."""
 
     def __init__(self, host: str, mode: str) -> None:
         self.mode = mode
@@ -86,6 +86,8 @@ class FakeUpstream:
                 return
             if not data:
                 return
+            if self.mode == "slow":
+                time.sleep(0.3)
             if self.mode != "silent":
                 self.udp.sendto(self._answer(data, False), addr)
             else:
@@ -142,8 +144,9 @@ def bus() -> EventBus:
 
 
 def start(net: Network, bus: EventBus, tmp_path: Path, **kw: object) -> DnsService:
+    kw.setdefault("upstream_timeout", 0.3)
     svc = DnsService(net, ServiceContext(tmp_path, tmp_path, bus), port=free_port(GW),
-                     upstream_timeout=0.3, **kw)  # type: ignore[arg-type]
+                     **kw)  # type: ignore[arg-type]
     svc.start()
     return svc
 
@@ -346,3 +349,31 @@ def test_leases_from_before_start_are_caught_up(bus: EventBus, tmp_path: Path) -
         assert query(svc, "gone.lab.vnet").header.rcode == RCODE.NXDOMAIN
     finally:
         svc.stop()
+
+
+def test_clients_asking_the_same_forwarded_question_share_one_upstream_query(
+    bus: EventBus, tmp_path: Path
+) -> None:
+    slow = FakeUpstream("127.77.1.6", "slow")
+    svc = start(network((DnsForwarder(slow.address),)), bus, tmp_path, upstream_timeout=2.0)
+    socks = []
+    try:
+        for i in range(5):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            socks.append(s)
+            s.settimeout(3)
+            s.bind((f"127.77.0.{20 + i}", 0))
+            q = DNSRecord.question("same.example.com")
+            q.header.id = 100 + i
+            s.sendto(q.pack(), (GW, svc.port))
+        for i, s in enumerate(socks):
+            reply = DNSRecord.parse(s.recv(4096))
+            assert reply.header.id == 100 + i
+            assert [str(r.rdata) for r in reply.rr] == ["192.0.2.80"]
+        assert slow.queries == [("same.example.com.", False)]
+        assert svc.stats()["coalesced"] == 4
+    finally:
+        for s in socks:
+            s.close()
+        svc.stop()
+        slow.close()

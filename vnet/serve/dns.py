@@ -30,9 +30,19 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from dnslib import DNSRecord
+
 from vnet.dns.answer import Forward, Reply, handle, header_only, relay
 from vnet.dns.cache import ReplyCache, TimedReplyCache
-from vnet.dns.forward import AnswerCache, Routes, Upstream, cache_key, cache_ttl, resolve
+from vnet.dns.forward import (
+    AnswerCache,
+    CacheKey,
+    Routes,
+    Upstream,
+    cache_key,
+    cache_ttl,
+    resolve,
+)
 from vnet.dns.zone import Zone, build_zone
 from vnet.errors import HostError
 from vnet.events import LeaseEvent, LeaseState
@@ -47,7 +57,8 @@ RCVBUF = 4 << 20
 SO_RCVBUFFORCE = 33  # as root: a receive buffer above net.core.rmem_max
 MAX_TCP_CLIENTS = 64
 TCP_IDLE = 10.0
-MAX_FORWARDS_IN_FLIGHT = 256
+MAX_FORWARDS_IN_FLIGHT = 256  # distinct questions upstream at once
+MAX_WAITERS = 64  # clients waiting for one question's upstream answer
 _LEN = struct.Struct("!H")
 LeaseRow = tuple[ipaddress.IPv4Address, str, str | None]  # ip, mac, hostname
 
@@ -102,12 +113,15 @@ class DnsService:
         self._tcp_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._inflight = threading.BoundedSemaphore(MAX_FORWARDS_IN_FLIGHT)
+        self._pending: dict[CacheKey, list[tuple[Forward, bytes, tuple[str, int]]]] = {}
+        self._pending_lock = threading.Lock()
         self._udp: socket.socket | None = None
         self._tcp: socket.socket | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._counts = {
             "hits": 0, "misses": 0, "forwarded": 0, "forward_cache_hits": 0, "refused": 0,
             "dropped": 0, "tcp_queries": 0, "zone_rebuilds": 0, "errors": 0, "relayed_hits": 0,
+            "coalesced": 0,
         }
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -263,9 +277,9 @@ class DnsService:
                 log.exception("DNS %s: zone rebuild failed; keeping the old one", self.network.name)
                 continue
             if zone is not None:
+                self._counts["zone_rebuilds"] += 1  # first: whoever sees the zone sees the count
                 self.zone = zone
                 self.cache.invalidate()
-                self._counts["zone_rebuilds"] += 1
             rest = 2 * (time.monotonic() - began)
             if rest > 0.005 and self._wake.wait(rest):
                 return
@@ -406,14 +420,14 @@ class DnsService:
                 except Exception:
                     counts["errors"] += 1
                     log.exception("DNS %s: query from %s failed", self.network.name, addr)
+            hits = hits + k - relayed_hits  # counted first: a client may ask for stats next
+            counts["hits"] = hits
+            counts["relayed_hits"] += relayed_hits
+            relayed_hits = 0
             start = 0
             while start < k:  # a message the kernel refuses is skipped, the rest still go
                 sent = sendmmsg(fd, ctypes.c_void_p(smsg_addr + start * _MMSG), k - start, 0)
                 start += sent if sent > 0 else 1
-            hits = hits + k - relayed_hits
-            counts["hits"] = hits
-            counts["relayed_hits"] += relayed_hits
-            relayed_hits = 0
             if self._stopping:
                 break
 
@@ -433,35 +447,52 @@ class DnsService:
         elif isinstance(out, Reply):
             if not ok:
                 self._counts["refused"] += 1
-            with contextlib.suppress(OSError):
-                sock.sendto(out.wire, addr)
             if ok and out.cacheable:
                 self.cache.store(data, out.wire, generation)
+            with contextlib.suppress(OSError):
+                sock.sendto(out.wire, addr)
         else:
             cached = self._from_answer_cache(out)
             if cached is not None:
+                self.relayed.store(data, cached[0], time.monotonic(), cached[1])
                 with contextlib.suppress(OSError):
                     sock.sendto(cached[0], addr)
-                self.relayed.store(data, cached[0], time.monotonic(), cached[1])
                 return
-            if self._pool is None or not self._inflight.acquire(blocking=False):
-                self._counts["dropped"] += 1
-                return
-            self._pool.submit(self._forward_udp, sock, out, data, addr)
+            key = cache_key(out.request)
+            with self._pending_lock:
+                waiters = self._pending.get(key)
+                if waiters is not None:  # the same question is already upstream: wait for it
+                    if len(waiters) < MAX_WAITERS:
+                        waiters.append((out, data, addr))
+                        self._counts["coalesced"] += 1
+                    else:
+                        self._counts["dropped"] += 1
+                    return
+                if self._pool is None or not self._inflight.acquire(blocking=False):
+                    self._counts["dropped"] += 1
+                    return
+                self._pending[key] = [(out, data, addr)]
+            self._pool.submit(self._forward_udp, sock, key)
 
-    def _forward_udp(
-        self, sock: socket.socket, fwd: Forward, data: bytes, addr: tuple[str, int]
-    ) -> None:
+    def _forward_udp(self, sock: socket.socket, key: CacheKey) -> None:
+        """Resolve one pending question upstream and answer every client waiting for it."""
+        resp: DNSRecord | None = None
         try:
-            wire, ttl = self._forward(fwd)
-            with contextlib.suppress(OSError):
-                sock.sendto(wire, addr)
-            self.relayed.store(data, wire, time.monotonic(), ttl)
+            resp = self._resolve(self._pending[key][0][0])
         except Exception:
             self._counts["errors"] += 1
             log.exception("DNS %s: forwarding failed", self.network.name)
         finally:
+            with self._pending_lock:
+                waiters = self._pending.pop(key, [])
             self._inflight.release()
+        now = time.monotonic()
+        ttl = cache_ttl(resp, self.answers.max_ttl) if resp is not None else 0
+        for fwd, data, addr in waiters:
+            wire = relay(fwd.request, resp, fwd.limit)
+            self.relayed.store(data, wire, now, ttl)  # before the reply: a client asking again
+            with contextlib.suppress(OSError):  # at once must find it
+                sock.sendto(wire, addr)
 
     # -- forwarding ------------------------------------------------------------------------
 
@@ -474,15 +505,20 @@ class DnsService:
         self._counts["forward_cache_hits"] += 1
         return relay(fwd.request, hit, fwd.limit), cache_ttl(hit, self.answers.max_ttl)
 
-    def _forward(self, fwd: Forward) -> tuple[bytes, int]:
-        """Ask the upstreams (blocking; off the UDP thread): the reply and its cache TTL."""
+    def _resolve(self, fwd: Forward) -> DNSRecord | None:
+        """Ask the upstreams (blocking; never on the UDP thread) and cache the answer."""
         self._counts["forwarded"] += 1
         resp = resolve(fwd.request, fwd.upstreams, self._exchange, lambda: secrets.randbits(16))
-        if resp is None:
-            return relay(fwd.request, None, fwd.limit), 0
-        with self._answers_lock:
-            self.answers.put(cache_key(fwd.request), resp, time.monotonic())
-        return relay(fwd.request, resp, fwd.limit), cache_ttl(resp, self.answers.max_ttl)
+        if resp is not None:
+            with self._answers_lock:
+                self.answers.put(cache_key(fwd.request), resp, time.monotonic())
+        return resp
+
+    def _forward(self, fwd: Forward) -> tuple[bytes, int]:
+        """The reply for a TCP client (no coalescing there): upstream answer and its TTL."""
+        resp = self._resolve(fwd)
+        ttl = cache_ttl(resp, self.answers.max_ttl) if resp is not None else 0
+        return relay(fwd.request, resp, fwd.limit), ttl
 
     def _exchange(self, up: Upstream, wire: bytes, tcp: bool) -> bytes | None:
         family = socket.AF_INET6 if ":" in up.host else socket.AF_INET
