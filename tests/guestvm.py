@@ -139,7 +139,8 @@ mkdir -p $r/dev/pts $r/dev/shm
 mount -t devpts -o newinstance,ptmxmode=0666 devpts $r/dev/pts
 mount -t tmpfs shm $r/dev/shm
 mount -t tmpfs -o mode=0755 run $r/run
-mount -t tmpfs -o mode=1777 tmp $r/tmp
+# /tmp stays the overlay's (writes land in the tmpfs upper): a checkout under /tmp, as CI
+# may clone one, must remain visible to the guest.
 kver=$(uname -r)
 mkdir -p $r/lib/modules/$kver
 mount --bind /lib/modules/$kver $r/lib/modules/$kver
