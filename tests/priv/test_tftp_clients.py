@@ -17,6 +17,8 @@ import pytest
 
 from tests.conftest import NetnsFactory, ns_exec, sh, veth_into
 
+pytestmark = pytest.mark.priv
+
 SERVER = "10.77.4.1"
 CLIENT = "10.77.4.2"
 SIZE = 64 * 1024 * 1024

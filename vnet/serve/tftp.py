@@ -186,12 +186,18 @@ class TftpService:
             daemon=True,
         )
         with self._lock:
+            # stop() sets _stopping before it takes its snapshot under this lock: a transfer
+            # registered here is either in the snapshot or never starts.
+            if self._stopping.is_set():
+                sock.close()
+                os.close(accepted.file.fd)
+                return
             self._active[client] = sock
             self._per_client[ip] += 1
             self._workers.add(worker)
             self._stats["started"] += 1
+            worker.start()
         log.info("%s: %s reads %s", self.label, client, accepted.request.filename)
-        worker.start()
 
     def _serve(self, sock: socket.socket, client: tuple[str, int], accepted: Accepted) -> None:
         transfer = accepted.transfer
