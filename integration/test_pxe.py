@@ -179,6 +179,8 @@ def test_ipxe_script_over_vnet_tftp(pxe_lab: tuple[DhcpLab, Path]) -> None:
     assert MARKER in boot.console, boot.console[-3000:]
     assert boot.exited, f"QEMU still running after {boot.seconds:.0f} s\n{boot.console[-3000:]}"
     assert lease_of(lab, MAC), lab.leases()
+    tftp = lab.status()["networks"]["pxe"]["tftp"]  # type: ignore[index]
+    assert tftp["complete"] == 1, tftp
     assert boot.seconds < 60
 
 

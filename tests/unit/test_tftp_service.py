@@ -299,3 +299,15 @@ def test_windowed_read_recovers_from_lost_blocks(service: TftpService) -> None:
         assert windowed_read(client, 1468, 16, drop={5, 17, 40, 68}) == CONTENT
     finally:
         client.close()
+
+
+def test_a_repeated_request_does_not_start_a_second_transfer(service: TftpService) -> None:
+    client = Client(service)
+    try:
+        first = client.request("file.bin")
+        client.sock.sendto(encode_request(Opcode.RRQ, "file.bin"), client.server)  # impatient
+        assert client.finish(first) == CONTENT
+    finally:
+        client.close()
+    assert wait(lambda: service.stats()["active"] == 0)
+    assert service.stats()["started"] == 1
