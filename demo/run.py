@@ -180,6 +180,13 @@ def main() -> int:
         check("db1 pings web1", ok)
         ok = in_ns(G1, "ping", "-c", "1", "-W", "2", "10.200.0.2", check_rc=False, quiet=True).returncode == 0
         check("web1 reaches upstream 10.200.0.2 (masqueraded)", ok)
+        step("Anti-spoofing (clean-traffic): db1 pretends to be 10.99.0.77")
+        in_ns(G2, "ip", "addr", "add", "10.99.0.77/24", "dev", "eth0", quiet=True)
+        spoofed = in_ns(G2, "ping", "-c", "1", "-W", "1", "-I", "10.99.0.77", "10.99.0.10",
+                        check_rc=False, quiet=True).returncode == 0
+        check("a forged source address is dropped", not spoofed)
+        in_ns(HOST, VNET, *vnet_args, "policy", "explain", "--from", "db1", "--to", "10.99.0.10",
+              check_rc=False)
         step("Topology of the host namespace")
         run("ip", "-n", HOST, "-br", "link")
         run("ip", "-n", HOST, "-br", "addr")
