@@ -1,4 +1,4 @@
-"""``vnet daemon`` end to end: applies L2 itself, serves guests, reloads on SIGHUP, stops cleanly."""
+"""``vnet daemon`` end to end: applies L2 itself, serves guests, reloads on SIGHUP, stops."""
 
 from __future__ import annotations
 

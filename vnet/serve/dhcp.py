@@ -4,9 +4,10 @@ decode -> core.handle(packet, now) -> (commit to the lease store, then) send. A 
 its own thread (no asyncio: its UDP transport costs a 256 KiB read per datagram). Each cycle
 drains the socket (up to BATCH datagrams), commits the lease changes of the whole cycle in one
 transaction (group commit), then sends the replies and publishes the lease events. Everything
-happens in this one thread: no GIL hand-offs on the hot path. Relayed requests (giaddr set) are answered by the
-network whose subnet holds giaddr, whichever bridge they arrived on; unknown relays are refused
-and counted. The socket's errors and malformed input never stop the loop.
+happens in this one thread: no GIL hand-offs on the hot path (a committer thread measured no
+faster: it traded the fsync wait for GIL waits). Relayed requests (giaddr set) are answered by
+the network whose subnet holds giaddr, whichever bridge they arrived on; unknown relays are
+refused and counted. The socket's errors and malformed input never stop the loop.
 """
 
 from __future__ import annotations
