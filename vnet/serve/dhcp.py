@@ -40,6 +40,8 @@ SIOCSARP = 0x8955
 ATF_COM = 0x02
 ARPHRD_ETHER = 1
 BATCH = 1024
+SO_RCVBUFFORCE = 33  # Linux; not in Python's socket module
+RCVBUF = 32 << 20
 EXPIRE_EVERY = 1.0
 RECV_SIZE = 4096  # larger than any DHCP message we answer; bigger ones are truncated -> dropped
 PROBE_WAIT = 0.5  # seconds an address has to answer a ping before it is offered
@@ -136,8 +138,15 @@ class DhcpService:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self.ifname.encode())
+            # A deep receive queue rides out an fsync stall of the lease commit (tens of ms
+            # when other processes write to the disk) instead of dropping requests. The FORCE
+            # variant, allowed to root, is not capped by net.core.rmem_max.
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
             with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
             sock.bind(("0.0.0.0", 67))
             sock.setblocking(False)
