@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 SIOCSARP = 0x8955
 ATF_COM = 0x02
 ARPHRD_ETHER = 1
-BATCH = 1024
+BATCH = 256  # datagrams per cycle: bounds the burst of ACKs sent after one commit
 SO_RCVBUFFORCE = 33  # Linux; not in Python's socket module
 RCVBUF = 32 << 20
 EXPIRE_EVERY = 1.0
@@ -268,9 +268,14 @@ class DhcpService:
         if out.probe is not None and self._icmp is not None:
             self._start_probe(out.probe, service, out, now)
             return
+        if out.commit is None:
+            # Nothing to make durable (OFFER, NAK, INFORM): answer at once, which also spreads
+            # the replies out instead of bursting them at a relay after the cycle.
+            if out.reply is not None:
+                service._send(out)
+            return
         sends.setdefault(service, []).append(out)
-        if out.commit is not None:
-            rows.append(out.commit)
+        rows.append(out.commit)
 
     # ----- probing an address before offering it -----
 
