@@ -16,6 +16,7 @@ from vnet.errors import ConfigError, Problem
 from vnet.model import Model, Network
 from vnet.policy.library import policy_names
 
+
 def definition_files(config_dir: Path) -> list[Path]:
     if not config_dir.is_dir():
         raise ConfigError([Problem(str(config_dir), 0, "", "config dir does not exist")])
