@@ -18,7 +18,8 @@ def test_demo_runs_and_cleans_up() -> None:
                           timeout=170)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert "demo OK" in proc.stdout
-    for check in ("web1 got a lease", "web1.demo.test resolves", "reaches upstream"):
+    for check in ("web1 got a lease", "web1.demo.test resolves", "web1 reaches upstream",
+                  "a forged source address is dropped"):
         assert f"[ok] {check}" in proc.stdout
     after = set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split())
     assert not {ns for ns in after - before if ns.startswith("vndemo")}
