@@ -264,3 +264,28 @@ def test_adding_a_guest_changes_elements_not_the_ruleset(vnet: Vnet) -> None:
     assert after == handles  # same rules, same handles: no table replacement
     vnet.assert_converged()
     vnet.assert_down_clean(foreign)
+
+
+def test_lab_example_applies_as_documented(vnet: Vnet) -> None:
+    foreign = add_foreign(vnet.ns)
+    vnet.write("lab", (EXAMPLES / "lab.yaml").read_text())
+    vnet("apply")
+    links = vnet.links()
+    assert links["vn-lab"]["mtu"] == 1500
+    assert {links[p]["master"] for p in ("lab-web1", "lab-db1")} == {"vn-lab"}
+    assert "vnet" in ns_exec(vnet.ns, "nft", "list", "tables").stdout
+    vnet.assert_converged()
+    vnet.assert_down_clean(foreign)
+
+
+def test_bridge_mode_enslaves_the_uplink_and_releases_it(vnet: Vnet) -> None:
+    foreign = add_foreign(vnet.ns)
+    vnet.write("br", 'name: br\nmode: bridge\nuplink: eth1\nguests: [{name: g1, mac: "52:54:00:00:07:01"}]\n')
+    assert "enslave eth1 to vn-br (network br)" in vnet("apply").stdout
+    links = vnet.links()
+    assert links["eth1"]["master"] == "vn-br"
+    assert links["br-g1"]["master"] == "vn-br"
+    assert "ifalias" not in links["eth1"]  # enslaved, never marked as vnet's
+    vnet.assert_converged()
+    vnet.assert_down_clean(foreign)
+    assert "master" not in vnet.links()["eth1"]
