@@ -42,9 +42,10 @@ class Lease:
         return self.expires > now and self.state in (BOUND, OFFERED, DECLINED)
 
     def row(self, network: str) -> Row:
+        ip = self.ip
         return (
             network,
-            str(ipaddress.IPv4Address(self.ip)),
+            f"{ip >> 24}.{ip >> 16 & 255}.{ip >> 8 & 255}.{ip & 255}",  # str(IPv4Address), faster
             self.mac,
             self.client,
             self.hostname,
