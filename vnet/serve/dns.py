@@ -91,9 +91,12 @@ class DnsService:
         self.routes = Routes(network.dns.forwarders if network.dns else ())
         self._load_leases = load_leases
         # ip -> (mac, hostname), oldest first; the zone is rebuilt from it.
-        self._leases: OrderedDict[ipaddress.IPv4Address, tuple[str, str | None]] = OrderedDict(
-            (ip, (mac, host)) for ip, mac, host in (load_leases() if load_leases else ())
-        )
+        self._leases: OrderedDict[ipaddress.IPv4Address, tuple[str, str | None]] = OrderedDict()
+        # mac -> its ips: a lease event finds the client's other addresses in O(1), not a scan
+        # (the subscriber runs in the DHCP thread).
+        self._by_mac: dict[str, set[ipaddress.IPv4Address]] = {}
+        for ip, mac, host in load_leases() if load_leases else ():
+            self._put(ip, mac, host)
         self._leases_lock = threading.Lock()
         self._touched: set[ipaddress.IPv4Address] | None = None  # ips events changed at start
         self._serial = int(time.time())
@@ -163,11 +166,10 @@ class DnsService:
                 touched, self._touched = self._touched, None
                 keep = {ip for ip, _, _ in rows} | touched
                 for ip in [ip for ip in self._leases if ip not in keep]:
-                    del self._leases[ip]
+                    self._drop(ip)
                 for ip, mac, host in rows:
                     if ip not in touched and self._leases.get(ip) != (mac, host):
-                        self._leases.pop(ip, None)
-                        self._leases[ip] = (mac, host)
+                        self._put(ip, mac, host)
             self._dirty.set()
         else:
             with self._leases_lock:
@@ -235,6 +237,21 @@ class DnsService:
         self._serial = max(self._serial + 1, int(time.time()))
         return build_zone(self.network, names, self._serial)
 
+    def _put(self, ip: ipaddress.IPv4Address, mac: str, host: str | None) -> None:
+        """Record ``ip`` as ``mac``'s (newest last). Caller holds the lock, or is __init__."""
+        self._drop(ip)
+        self._leases[ip] = (mac, host)
+        self._by_mac.setdefault(mac, set()).add(ip)
+
+    def _drop(self, ip: ipaddress.IPv4Address) -> None:
+        entry = self._leases.pop(ip, None)
+        if entry is not None:
+            ips = self._by_mac.get(entry[0])
+            if ips is not None:
+                ips.discard(ip)
+                if not ips:
+                    del self._by_mac[entry[0]]
+
     def _on_lease(self, event: LeaseEvent) -> None:
         """Lease bus subscriber: record the change; the zone thread rebuilds (coalesced)."""
         if event.network != self.network.name:
@@ -245,16 +262,15 @@ class DnsService:
             old = self._leases.get(event.ip)
             if event.state in (LeaseState.BOUND, LeaseState.RENEWED):
                 host = event.hostname or (old[1] if old and old[0] == event.mac else None)
-                for ip in [ip for ip, (mac, _) in self._leases.items() if mac == event.mac]:
+                for ip in list(self._by_mac.get(event.mac, ())):
                     if ip != event.ip:
-                        del self._leases[ip]
+                        self._drop(ip)
                         old = None  # the client moved: the name changes even if it is the same
                 if old == (event.mac, host) and event.state == LeaseState.RENEWED:
                     return
-                self._leases.pop(event.ip, None)
-                self._leases[event.ip] = (event.mac, host)
+                self._put(event.ip, event.mac, host)
             elif old is not None and old[0] == event.mac:
-                del self._leases[event.ip]
+                self._drop(event.ip)
             else:
                 return
         self._dirty.set()
