@@ -11,7 +11,7 @@ With ``--forwarded`` a second scenario asks names of ``fwd.example``, which both
 forward to an upstream dnsmasq on the server namespace's loopback and then answer from their
 caches. Servers alternate over ``--rounds``; tables show each server's best and median round.
 Where the time goes: the server's user and system CPU per query (from /proc) and vnet's cache
-counters. ``--write`` writes the tables to bench/RESULTS-dns.md.
+counters. ``--write`` writes the tables to bench/RESULTS-dns.md, a section to merge into bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -252,7 +252,7 @@ def main() -> int:
     ap.add_argument("--names", type=int, default=100)
     ap.add_argument("--forwarded", action="store_true",
                     help="also measure forwarded (upstream, cached) names")
-    ap.add_argument("--write", action="store_true", help="write bench/RESULTS-dns.md")
+    ap.add_argument("--write", action="store_true", help="write bench/RESULTS-dns.md (a section for bench/RESULTS.md)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)
