@@ -10,7 +10,8 @@ CPUs the same way for all servers. Servers are started here and killed by PID.
 Clients: curl at blksize 1468 and at 512 (lock-step), atftp at blksize 1468 with windowsize 16
 and 64 (RFC 7440; a server that ignores windowsize falls back to lock-step). Servers alternate
 over ``--rounds``; the table shows each cell's best round in MB/s (10**6 bytes/s) and vnet's
-ratio to each reference. ``--write`` writes the table to bench/RESULTS-tftp.md, a section to merge into bench/RESULTS.md.
+ratio to each reference. ``--write`` writes the table to bench/RESULTS-tftp.md, a section to
+merge into bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -167,7 +168,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--size-mib", type=int, default=64)
-    parser.add_argument("--write", action="store_true", help="write bench/RESULTS-tftp.md (a section for bench/RESULTS.md)")
+    parser.add_argument("--write", action="store_true",
+                        help="write bench/RESULTS-tftp.md (a section for bench/RESULTS.md)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)
