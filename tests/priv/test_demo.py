@@ -18,6 +18,7 @@ def test_demo_runs_and_cleans_up() -> None:
                           timeout=170)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert "demo OK" in proc.stdout
+    assert "  dhcp: ack 2," in proc.stdout  # status shows the daemon's counters
     for check in ("web1 got a lease", "web1.demo.test resolves", "web1 reaches upstream",
                   "a forged source address is dropped"):
         assert f"[ok] {check}" in proc.stdout

@@ -235,11 +235,13 @@ def test_status_reports_ports_and_drift(vnet: Vnet) -> None:
     add_foreign(vnet.ns)
     vnet.write("lab", LAB)
     vnet("apply")
-    data = json.loads(vnet("status", "--json").stdout)
+    status = json.loads(vnet("status", "--json").stdout)
+    assert status["daemon"] is None
+    data = status["networks"]
     assert data[0]["state"] == "in sync"
     assert {p["ifname"]: p["state"] for p in data[0]["ports"]} == {"lab-web1": "up", "lab-db1": "up"}
     sh("ip", "-n", vnet.ns, "link", "set", "lab-web1", "down")
-    data = json.loads(vnet("status", "--json").stdout)
+    data = json.loads(vnet("status", "--json").stdout)["networks"]
     assert data[0]["state"] == "1 change(s) pending"
     assert "modify tap lab-web1 (network lab, guest web1): state down -> up" in vnet("plan").stdout
     vnet("apply")

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
+from vnet import api
 from vnet.commands._common import model_of, print_json
+from vnet.errors import ApiError
 from vnet.host import netlink
 from vnet.model import Model
 from vnet.plan import Observed, PlanConflict, desired_model, plan, restrict
@@ -64,13 +67,33 @@ def _state(link: Any) -> str:
     return "up" if link.up else "down"
 
 
+def daemon_status(run_dir: Path) -> dict[str, Any] | None:
+    """The daemon's service counters, or None when no daemon answers on ``run_dir``."""
+    if not api.socket_path(run_dir).exists():
+        return None
+    try:
+        reply = api.call(run_dir, "status", timeout=2.0)
+    except ApiError:
+        return None
+    return reply if isinstance(reply, dict) else None
+
+
 def run(args: argparse.Namespace) -> int:
     model = model_of(args)
     observed = netlink.observe()
     data = status_of(model, observed)
+    daemon = daemon_status(args.run_dir)
+    for net in data:
+        services = (daemon or {}).get("networks", {}).get(net["name"])
+        if services is not None:
+            net["services"] = services
     if args.json:
-        print_json(data)
+        print_json({"networks": data, "daemon": daemon})
         return 0
+    if daemon is None:
+        print(f"daemon: not running (no answer on {api.socket_path(args.run_dir)})")
+    else:
+        print(f"daemon: pid {daemon.get('pid')}, up {int(daemon.get('uptime', 0))} s")
     if not data:
         print("no networks defined")
     for net in data:
@@ -87,4 +110,7 @@ def run(args: argparse.Namespace) -> int:
                   f"{p['state']}, {carrier}")
         for link in net.get("links", []):
             print(f"  link {link}")
+        for service, counters in sorted(net.get("services", {}).items()):
+            shown = ", ".join(f"{k} {v}" for k, v in sorted(counters.items()))
+            print(f"  {service}: {shown}")
     return 0
