@@ -14,7 +14,9 @@ import contextlib
 import fcntl
 import logging
 import os
+import select
 import signal
+import socket
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -67,7 +69,12 @@ class Daemon:
         self.services: dict[str, list[Service]] = {}
         self.started = time.time()
         self._lock = threading.Lock()
-        self._wake = threading.Event()
+        # Self-pipe: signals (through set_wakeup_fd) and API requests wake the main loop. A signal
+        # handler must never take a lock the interrupted main thread may hold (Event.set() from
+        # a handler deadlocked against Event.wait() in the main thread).
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
         self._stop = False
         self._reload = False
         self._pid_fd: int | None = None
@@ -83,14 +90,17 @@ class Daemon:
         self._lock_pidfile()
         try:
             self.start()
+            signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
             signal.signal(signal.SIGHUP, self._on_signal)
             log.info("vnet daemon running (pid %d, %d networks)", os.getpid(),
                      len(self.model.networks))
             while True:
-                self._wake.wait()
-                self._wake.clear()
+                select.select([self._wake_r], [], [])
+                with contextlib.suppress(BlockingIOError):
+                    while self._wake_r.recv(512):
+                        pass
                 if self._stop:
                     break
                 if self._reload:
@@ -101,11 +111,15 @@ class Daemon:
         return 0
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        # Flags only: the wakeup fd has already woken the main loop.
         if signum == signal.SIGHUP:
             self._reload = True
         else:
             self._stop = True
-        self._wake.set()
+
+    def _poke(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            self._wake_w.send(b"\0")
 
     def start(self) -> None:
         self.options.state_dir.mkdir(parents=True, exist_ok=True)
@@ -221,7 +235,7 @@ class Daemon:
 
     def _api_reload(self, _params: dict[str, Any]) -> Any:
         self._reload = True
-        self._wake.set()
+        self._poke()
         return "reload requested"
 
 
