@@ -49,7 +49,7 @@ test: lint guest-assets
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS) tests $(wildcard integration)
 
 demo: venv
-	$(PY) -m vnet.demo
+	$(PY) demo/run.py $(DEMO_ARGS)
 
 bench: venv
 	$(PY) bench/l2.py

@@ -6,7 +6,7 @@ and two guest namespaces on veth ports of a nat network; runs `vnet apply` and t
 daemon in the host namespace; the guests get DHCP leases, resolve names through vnet's DNS and
 reach upstream through NAT. Shows topology and status; cleans everything up on exit or Ctrl-C.
 
-    sudo .venv/bin/python demo/run.py [--wait]
+    sudo .venv/bin/python demo/run.py [--wait | --no-wait]
 """
 
 from __future__ import annotations
@@ -129,8 +129,12 @@ def wait_for(path: Path, timeout: float) -> bool:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--wait", action="store_true", help="keep running until Ctrl-C")
+    ap.add_argument("--wait", action="store_true", default=None,
+                    help="keep running until Ctrl-C (the default on a terminal)")
+    ap.add_argument("--no-wait", dest="wait", action="store_false", help="clean up right away")
     args = ap.parse_args()
+    if args.wait is None:
+        args.wait = sys.stdin.isatty()
     if os.geteuid() != 0:
         print("the demo needs root (it creates network namespaces)", file=sys.stderr)
         return 1
@@ -141,6 +145,7 @@ def main() -> int:
                  "--policy-dir", str(tmp / "policies")]
     daemon: subprocess.Popen[bytes] | None = None
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started with SIGINT ignored
     try:
         step("Namespaces: a host, an upstream behind its uplink eth1, two guests")
         setup_namespaces()

@@ -14,8 +14,8 @@ from tests.conftest import REPO, is_root
 @pytest.mark.timeout(180)
 def test_demo_runs_and_cleans_up() -> None:
     before = set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split())
-    proc = subprocess.run([sys.executable, str(REPO / "demo" / "run.py")], capture_output=True, text=True,
-                          timeout=170)
+    proc = subprocess.run([sys.executable, str(REPO / "demo" / "run.py"), "--no-wait"], capture_output=True,
+                          text=True, timeout=170, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert "demo OK" in proc.stdout
     assert "  dhcp: ack 2," in proc.stdout  # status shows the daemon's counters
