@@ -21,14 +21,14 @@ _RANK = {"bond": 0, "vlan": 1, "bridge": 2, "tap": 3, "macvtap": 3, "veth": 3}
 
 
 @dataclass(frozen=True)
-class LinkSpec:
-    """A link vnet owns, as it should be."""
+class LinkAttrs:
+    """The attributes vnet manages on a link, wanted (LinkSpec) or seen (LinkState).
+
+    None means "unset" in what the kernel reports and "don't care" in what is wanted.
+    """
 
     ifname: str
-    kind: str  # bridge | bond | vlan | tap | macvtap | veth
-    network: str
-    role: str  # bridge | bond | uplink-vlan | port
-    guest: str | None = None
+    kind: str  # bridge | bond | vlan | tap | macvtap | veth (as seen: also tun, device kinds)
     master: str | None = None
     mtu: int | None = None
     mac: str | None = None
@@ -43,10 +43,19 @@ class LinkSpec:
     tap_group: int | None = None
     multi_queue: bool | None = None
     vnet_hdr: bool | None = None
-    peer_netns: str | None = None
-    peer_mac: str | None = None
     port_vlan: PortVlan | None = None
     addresses: tuple[ipaddress.IPv4Interface, ...] = ()
+
+
+@dataclass(frozen=True)
+class LinkSpec(LinkAttrs):
+    """A link vnet owns, as it should be."""
+
+    network: str = field(kw_only=True)
+    role: str = field(kw_only=True)  # bridge | bond | uplink-vlan | port | uplink | bond-member
+    guest: str | None = field(default=None, kw_only=True)
+    peer_netns: str | None = field(default=None, kw_only=True)
+    peer_mac: str | None = field(default=None, kw_only=True)
 
     @property
     def alias(self) -> str:
@@ -65,6 +74,7 @@ class Enslave:
     master: str
     network: str
     key: str  # where the definition asks for it, e.g. "uplink.bond.members"
+    to_bond: bool = False  # a bond member (must be down while it is enslaved)
     port_vlan: PortVlan | None = None  # on a VLAN-filtering bridge: the uplink's trunk
 
 
@@ -77,32 +87,14 @@ class Desired:
 
 
 @dataclass(frozen=True)
-class LinkState:
+class LinkState(LinkAttrs):
     """A link as the kernel reports it."""
 
-    ifname: str
-    kind: str
-    index: int = 0
-    alias: str | None = None
-    group: int = 0
-    master: str | None = None
-    mtu: int = 1500
-    mac: str = ""
-    up: bool = False
-    carrier: bool = False
-    parent: str | None = None
-    stp: bool | None = None
-    vlan_filtering: bool | None = None
-    bond_mode: str | None = None
-    miimon: int | None = None
-    vlan_id: int | None = None
-    macvtap_mode: str | None = None
-    owner: int | None = None
-    tap_group: int | None = None
-    multi_queue: bool | None = None
-    vnet_hdr: bool | None = None
-    port_vlan: PortVlan | None = None
-    addresses: tuple[ipaddress.IPv4Interface, ...] = ()
+    index: int = field(default=0, kw_only=True)
+    alias: str | None = field(default=None, kw_only=True)
+    group: int = field(default=0, kw_only=True)
+    up: bool = field(default=False, kw_only=True)
+    carrier: bool = field(default=False, kw_only=True)
 
     @property
     def owner_network(self) -> str | None:
@@ -207,7 +199,8 @@ def desired_network(net: Network) -> Desired:
             b = up.bond
             links.append(LinkSpec(ifname=b.name, kind="bond", network=net.name, role="bond",
                                   bond_mode=b.mode, miimon=b.miimon))
-            enslave += [Enslave(m, b.name, net.name, "uplink.bond.members") for m in b.members]
+            enslave += [Enslave(m, b.name, net.name, "uplink.bond.members", to_bond=True)
+                        for m in b.members]
         else:
             assert up.ifname is not None
             needs.append(f"{net.name}:uplink:{up.ifname}")
@@ -227,7 +220,7 @@ def desired_network(net: Network) -> Desired:
                 vids = {v for g in net.guests if g.vlan
                         for v in (*g.vlan.tagged, *((g.vlan.pvid,) if g.vlan.pvid else ()))}
                 trunk = PortVlan(pvid=1, tagged=tuple(sorted(vids - {1})))
-            enslave.append(Enslave(up.device, br.name, net.name, "uplink", trunk))
+            enslave.append(Enslave(up.device, br.name, net.name, "uplink", port_vlan=trunk))
     for g in net.guests:
         common = {"ifname": g.ifname, "network": net.name, "role": "port", "guest": g.name}
         if g.port == PortKind.MACVTAP:
@@ -324,8 +317,9 @@ def plan(desired: Desired, observed: Observed, scope: Sequence[str] | None = Non
                                  f"enslaved to {cur.master!r}")
                 continue
             changes = (("vlan", cur.port_vlan, e.port_vlan),) if vlan_diff else ()
-            spec = LinkSpec(ifname=e.ifname, kind=cur.kind, network=e.network, role="uplink",
-                            master=e.master, port_vlan=e.port_vlan)
+            spec = LinkSpec(ifname=e.ifname, kind=cur.kind, network=e.network,
+                            role="bond-member" if e.to_bond else "uplink", master=e.master,
+                            port_vlan=e.port_vlan)
             ups.append(Action("enslave", e.ifname, e.network, cur.kind, spec, changes,
                               value=e.master, old=cur))
     current = dict(observed.sysctls)

@@ -33,8 +33,6 @@ TOP_KEYS = {
     "name", "mode", "bridge", "uplink", "macvtap", "ipv4", "dns", "tftp", "policies", "guests",
     "forwards",
 }
-# Modes that put guests on a vnet bridge.
-BRIDGED = {Mode.NAT, Mode.ROUTE, Mode.ISOLATED, Mode.OPEN, Mode.BRIDGE}
 
 
 def as_ifname(value: Any) -> str:

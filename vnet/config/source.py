@@ -134,9 +134,6 @@ class Reader:
         self.problems.append(Problem(self.file, line, path, message))
 
     # -- structure ------------------------------------------------------------------------
-    def is_mapping(self) -> bool:
-        return isinstance(self.node, dict)
-
     def expect_mapping(self) -> bool:
         if not isinstance(self.node, dict):
             self.problem(None, f"must be a mapping, not {_kind(self.node)}")

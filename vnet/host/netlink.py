@@ -456,7 +456,7 @@ def _enslave(host: _Host, action: Action) -> None:
         with _errors(what):
             # Separate messages: the kernel applies flags before IFLA_MASTER, and bonding refuses
             # a device that is up ("Device can not be enslaved while up").
-            if _is_bond(host, action.value):
+            if action.spec is not None and action.spec.role == "bond-member":
                 host.rtnl.request(*Rtnl.setlink_message(action.ifname, up=False))
             host.rtnl.request(*Rtnl.setlink_message(action.ifname, master=master))
             host.rtnl.request(*Rtnl.setlink_message(action.ifname, up=True))
@@ -464,10 +464,6 @@ def _enslave(host: _Host, action: Action) -> None:
         if key == "vlan":
             _set_port_vlan(host, action.ifname, old if isinstance(old, PortVlan) else None,
                            new if isinstance(new, PortVlan) else None)
-
-
-def _is_bond(host: _Host, ifname: str) -> bool:
-    return any(r.ifname == ifname and r.kind == "bond" for r in host.rtnl.dump_links())
 
 
 def _sysctl(host: _Host, action: Action) -> None:

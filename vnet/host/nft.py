@@ -202,17 +202,6 @@ def list_table(family: str, name: str = "vnet") -> list[Json] | None:
     return items
 
 
-def run_text(command: str) -> str:
-    """Run one nft command line given as text and return its output (doctor's read-only
-    queries such as ``list hooks``); NftError on failure."""
-    ctx = _context()
-    ctx.set_json_output(False)
-    rc, out, err = ctx.cmd(command)
-    if rc != 0:
-        raise NftError(f"nft {command!r} failed", err)
-    return str(out)
-
-
 def run_json(command: str) -> Json:
     """Run one read-only nft command line with JSON output (doctor: ``list ruleset``)."""
     ctx = _context()

@@ -29,7 +29,6 @@ NLM_F_CREATE = 0x400
 RTM_NEWLINK = 16
 RTM_DELLINK = 17
 RTM_GETLINK = 18
-RTM_NEWADDR = 20
 RTM_GETADDR = 22
 IFA_ADDRESS = 1
 IFA_LOCAL = 2
@@ -40,14 +39,12 @@ IFLA_IFNAME = 3
 IFLA_MTU = 4
 IFLA_LINK = 5
 IFLA_MASTER = 10
-IFLA_OPERSTATE = 16
 IFLA_LINKINFO = 18
 IFLA_IFALIAS = 20
 IFLA_GROUP = 27
 IFLA_EXT_MASK = 29
 IFLA_INFO_KIND = 1
 IFLA_INFO_DATA = 2
-IFLA_INFO_SLAVE_KIND = 4
 
 _HDR = struct.Struct("=IHHII")
 _IFA = struct.Struct("=BBBBI")
@@ -97,7 +94,6 @@ class RawLink:
     group: int = 0
     alias: str | None = None
     kind: str = ""
-    slave_kind: str = ""
     data: dict[str, int] = field(default_factory=dict)
 
 
@@ -331,8 +327,6 @@ def _parse_linkinfo(buf: bytes, off: int, end: int, link: RawLink) -> None:
     for kind, start, stop in _iter_attrs(buf, off, end):
         if kind == IFLA_INFO_KIND:
             link.kind = _cstr(buf, start, stop)
-        elif kind == IFLA_INFO_SLAVE_KIND:
-            link.slave_kind = _cstr(buf, start, stop)
         elif kind == IFLA_INFO_DATA:
             data_span = (start, stop)
     wanted = _DATA_ATTRS.get(link.kind)

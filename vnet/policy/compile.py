@@ -99,11 +99,6 @@ class Compiled:
         elif self.ports.pop(port.ifname, None) is not None:
             self.port_ids.discard(port.mark & PORT_ID_MASK)
 
-    def port_for(self, network: str, mac: str) -> Port | None:
-        return next(
-            (p for p in self.ports.values() if p.network == network and p.mac == mac), None
-        )
-
 
 # --- naming --------------------------------------------------------------------------------
 

@@ -87,10 +87,6 @@ def return_() -> Stmt:
     return {"return": None}
 
 
-def jump(chain: str) -> Stmt:
-    return {"jump": {"target": chain}}
-
-
 def reject() -> Stmt:
     return {"reject": None}
 
