@@ -56,7 +56,7 @@ case "$1" in
     ip addr flush dev "$interface"
     ip addr add "$ip/${mask:-24}" dev "$interface"
     [ -n "$router" ] && ip route replace default via "${router%% *}" dev "$interface"
-    echo "$ip $hostname $domain $dns" > "$LEASE_FILE"
+    echo "$ip $hostname $domain $dns" > "$LEASE_FILE.tmp" && mv -f "$LEASE_FILE.tmp" "$LEASE_FILE"
     ;;
 esac
 exit 0

@@ -32,22 +32,22 @@ dns: {domain: lab.test}
 
 UDHCPC_SCRIPT = """\
 #!/bin/sh
-# Record the environment of each event; configure the address so a renew can be unicast.
-env > "{out}/udhcpc.$1.env"
+# Configure the address (so a renew can be unicast), then record the event's environment.
 case "$1" in
   bound|renew) ip addr flush dev "$interface"; ip addr add "$ip/$mask" dev "$interface" ;;
   deconfig) ip addr flush dev "$interface" ;;
 esac
+{record}
 """
 
 DHCLIENT_SCRIPT = """\
 #!/bin/sh
-env > "{out}/dhclient.$reason.env"
 case "$reason" in
   BOUND|RENEW|REBIND|REBOOT) ip addr flush dev "$interface"
     ip addr add "$new_ip_address/$new_subnet_mask" dev "$interface" ;;
   RELEASE|EXPIRE|STOP) ip addr flush dev "$interface" ;;
 esac
+{record}
 """
 
 DHCLIENT_CONF = """\
@@ -55,6 +55,18 @@ option rfc3442-classless-static-routes code 121 = array of unsigned integer 8;
 request subnet-mask, broadcast-address, routers, domain-name, domain-name-servers, host-name,
         interface-mtu, rfc3442-classless-static-routes;
 """
+
+
+def record_env(out: Path, client: str, event: str) -> str:
+    """Shell lines a client script ends with: its environment lands in ``OUT/CLIENT.EVENT.env``
+    in one step (written under a temporary name, then renamed), so a reader that sees the file
+    sees all of it. ``event`` is a shell expression (``$1``, ``$reason``)."""
+    final = f'"{out}/{client}.{event}.env"'
+    return f'env > {final}.tmp.$$ && mv -f {final}.tmp.$$ {final}'
+
+
+def script_text(template: str, out: Path, client: str, event: str) -> str:
+    return template.replace("{record}", record_env(out, client, event))
 
 
 def read_env(path: Path) -> dict[str, str]:
@@ -65,6 +77,12 @@ def read_env(path: Path) -> dict[str, str]:
         if sep:
             env[key] = value.strip("'")
     return env
+
+
+def wait_env(path: Path, timeout: float = 20.0) -> dict[str, str]:
+    """The record a client script wrote to ``path`` (waits until it appears, complete)."""
+    assert wait_for(path.exists, timeout=timeout), f"{path.name} never appeared"
+    return read_env(path)
 
 
 class DhcpLab:
@@ -89,15 +107,23 @@ class DhcpLab:
             sh("ip", "-n", self.host, "link", "add", BRIDGE, "type", "bridge")
             sh("ip", "-n", self.host, "addr", "add", "10.77.0.1/24", "dev", BRIDGE)
             sh("ip", "-n", self.host, "link", "set", BRIDGE, "up")
-        self.udhcpc_script = self._script("udhcpc.sh", UDHCPC_SCRIPT)
-        self.dhclient_script = self._script("dhclient.sh", DHCLIENT_SCRIPT)
+        self.udhcpc_script = self._script("udhcpc.sh", UDHCPC_SCRIPT, "udhcpc", "$1")
+        self.dhclient_script = self._script("dhclient.sh", DHCLIENT_SCRIPT, "dhclient", "$reason")
         (tmp / "dhclient.conf").write_text(DHCLIENT_CONF)
 
-    def _script(self, name: str, text: str) -> Path:
+    def _script(self, name: str, template: str, client: str, event: str) -> Path:
         path = self.tmp / name
-        path.write_text(text.format(out=self.out))
+        path.write_text(script_text(template, self.out, client, event))
         path.chmod(0o755)
         return path
+
+    def event(self, client: str, event: str, timeout: float = 20.0) -> dict[str, str]:
+        """What ``client``'s script recorded for ``event`` (e.g. udhcpc bound), waiting for it."""
+        return wait_env(self.out / f"{client}.{event}.env", timeout)
+
+    def forget(self, client: str, event: str) -> None:
+        """Remove a recorded event, so the next wait sees a new one."""
+        (self.out / f"{client}.{event}.env").unlink(missing_ok=True)
 
     def guest(self, mac: str, ifname: str = "eth0") -> str:
         """A guest namespace whose ``ifname`` (MAC ``mac``) is a port of the bridge."""
@@ -153,6 +179,8 @@ class DhcpLab:
         return sh(VNET, "leases", "--state-dir", str(self.state_dir), *args).stdout
 
     def udhcpc(self, ns: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        """One lease (``-q``): returns once the client's script has recorded it."""
+        self.forget("udhcpc", "bound")
         return ns_exec(ns, "udhcpc", "-f", "-q", "-n", "-t", "5", "-T", "1", "-i", "eth0",
                        "-s", str(self.udhcpc_script), *args, timeout=timeout)
 
@@ -165,6 +193,7 @@ class DhcpLab:
         )
 
     def dhclient(self, ns: str, *args: str) -> subprocess.CompletedProcess[str]:
+        self.forget("dhclient", "BOUND")
         return ns_exec(
             ns, "dhclient", "-1", "-v", "-cf", str(self.tmp / "dhclient.conf"),
             "-sf", str(self.dhclient_script), "-lf", str(self.tmp / f"{ns}.leases"),

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import VNET, NetnsFactory, sh, wait_for
-from tests.priv.dhcp_env import DhcpLab, read_env
+from tests.priv.dhcp_env import DhcpLab
 from vnet import api
 from vnet.errors import ApiError
 
@@ -51,7 +51,7 @@ def test_daemon_applies_l2_serves_and_stops_cleanly(lab: tuple[DhcpLab, str]) ->
     link = json.loads(sh("ip", "-n", guest, "-j", "link", "show", "eth0").stdout)[0]
     assert link["address"] == GUEST_MAC
     env.udhcpc(guest)
-    ip = read_env(env.out / "udhcpc.bound.env")["ip"]
+    ip = env.event("udhcpc", "bound")["ip"]
     assert ip.startswith("10.77.0.1")
     status = env.status()
     assert status["networks"]["lab"]["dhcp"]["ack"] == 1  # type: ignore[index]
@@ -79,13 +79,13 @@ def test_sighup_reload_applies_new_reservation(lab: tuple[DhcpLab, str]) -> None
     env, guest = lab
     env.start_daemon()
     env.udhcpc(guest)
-    assert read_env(env.out / "udhcpc.bound.env")["ip"] != "10.77.0.50"
+    assert env.event("udhcpc", "bound")["ip"] != "10.77.0.50"
     env.write_config(config(guest, f'reservations: [{{mac: "{GUEST_MAC}", ip: 10.77.0.50}}]'))
     assert env.daemon is not None
     env.daemon.send_signal(signal.SIGHUP)
     assert wait_for(lambda: "reloaded" in env.logtext(), timeout=20), env.logtext()
     env.udhcpc(guest)
-    assert read_env(env.out / "udhcpc.bound.env")["ip"] == "10.77.0.50"
+    assert env.event("udhcpc", "bound")["ip"] == "10.77.0.50"
 
 
 def test_bad_config_on_reload_keeps_running(lab: tuple[DhcpLab, str]) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, VENV_BIN, NetnsFactory, ns_exec, wait_for
-from tests.priv.dhcp_env import CONFIG, DhcpLab, read_env
+from tests.priv.dhcp_env import CONFIG, DhcpLab, record_env
 
 pytestmark = pytest.mark.priv
 
@@ -34,7 +34,7 @@ def lease_json(lab: DhcpLab) -> list[dict[str, object]]:
 def test_udhcpc_gets_lease_with_options(lab: DhcpLab) -> None:
     ns = lab.guest("52:54:00:00:01:01")
     lab.udhcpc(ns, "-O", "staticroutes", "-O", "mtu", "-O", "search", "-x", "hostname:guest1")
-    env = read_env(lab.out / "udhcpc.bound.env")
+    env = lab.event("udhcpc", "bound")
     assert env["ip"].startswith("10.77.0.1")
     assert 100 <= int(env["ip"].rsplit(".", 1)[1]) <= 199
     assert env["subnet"] == "255.255.255.0"
@@ -56,7 +56,7 @@ def test_udhcpc_gets_lease_with_options(lab: DhcpLab) -> None:
 def test_reservation_gets_reserved_ip_and_hostname(lab: DhcpLab) -> None:
     ns = lab.guest("52:54:00:00:00:10")
     lab.udhcpc(ns)
-    env = read_env(lab.out / "udhcpc.bound.env")
+    env = lab.event("udhcpc", "bound")
     assert env["ip"] == "10.77.0.10"
     assert env["hostname"] == "web1"
     assert "web1" in lab.leases("lab")
@@ -65,7 +65,7 @@ def test_reservation_gets_reserved_ip_and_hostname(lab: DhcpLab) -> None:
 def test_dhclient_gets_lease_with_options(lab: DhcpLab) -> None:
     ns = lab.guest("52:54:00:00:02:01")
     lab.dhclient(ns)
-    env = read_env(lab.out / "dhclient.BOUND.env")
+    env = lab.event("dhclient", "BOUND")
     assert env["new_ip_address"].startswith("10.77.0.")
     assert env["new_routers"] == "10.77.0.1"
     assert env["new_domain_name_servers"] == "10.77.0.1"
@@ -95,12 +95,12 @@ def _dhcpcd(lab: DhcpLab, ifname: str) -> None:
         "classless_static_routes\n"
     )
     script = lab.tmp / "dhcpcd.sh"
-    script.write_text(f'#!/bin/sh\nenv > "{lab.out}/dhcpcd.$reason.env"\n')
+    script.write_text("#!/bin/sh\n" + record_env(lab.out, "dhcpcd", "$reason") + "\n")
     script.chmod(0o755)
     proc = ns_exec(ns, "dhcpcd", "-4", "-1", "-B", "-A", "-t", "20", "-f", str(conf),
                    "-c", str(script), ifname, timeout=40)
     assert (lab.out / "dhcpcd.BOUND.env").exists(), proc.stderr
-    env = read_env(lab.out / "dhcpcd.BOUND.env")
+    env = lab.event("dhcpcd", "BOUND")
     assert env["new_ip_address"].startswith("10.77.0.")
     assert env["new_routers"] == "10.77.0.1"
     assert env["new_domain_name_servers"] == "10.77.0.1"
@@ -114,11 +114,9 @@ def test_renew_keeps_address_and_release_frees_it(lab: DhcpLab) -> None:
     ns = lab.guest("52:54:00:00:04:01")
     client = lab.udhcpc_daemon(ns)
     try:
-        assert wait_for(lambda: (lab.out / "udhcpc.bound.env").exists(), timeout=20)
-        ip = read_env(lab.out / "udhcpc.bound.env")["ip"]
+        ip = lab.event("udhcpc", "bound")["ip"]
         client.send_signal(signal.SIGUSR1)
-        assert wait_for(lambda: (lab.out / "udhcpc.renew.env").exists(), timeout=20)
-        assert read_env(lab.out / "udhcpc.renew.env")["ip"] == ip
+        assert lab.event("udhcpc", "renew")["ip"] == ip
         client.send_signal(signal.SIGUSR2)
         assert wait_for(
             lambda: [(r["ip"], r["state"]) for r in lease_json(lab)] == [(ip, "released")]
@@ -133,18 +131,16 @@ def test_clients_keep_addresses_across_daemon_restart(lab: DhcpLab, how: int) ->
     ns = lab.guest("52:54:00:00:05:01")
     client = lab.udhcpc_daemon(ns)
     try:
-        assert wait_for(lambda: (lab.out / "udhcpc.bound.env").exists(), timeout=20)
-        ip = read_env(lab.out / "udhcpc.bound.env")["ip"]
+        ip = lab.event("udhcpc", "bound")["ip"]
         lab.stop_daemon(how)
         lab.start_daemon()
         client.send_signal(signal.SIGUSR1)
-        assert wait_for(lambda: (lab.out / "udhcpc.renew.env").exists(), timeout=20)
-        assert read_env(lab.out / "udhcpc.renew.env")["ip"] == ip
+        assert lab.event("udhcpc", "renew")["ip"] == ip
         # A new client is not handed the same address.
         other = lab.guest("52:54:00:00:05:02")
-        (lab.out / "udhcpc.bound.env").unlink()
+        lab.forget("udhcpc", "bound")
         lab.udhcpc(other)
-        assert read_env(lab.out / "udhcpc.bound.env")["ip"] != ip
+        assert lab.event("udhcpc", "bound")["ip"] != ip
     finally:
         client.kill()
         client.wait()
@@ -185,12 +181,17 @@ def test_relayed_requests_answered_to_relay_unknown_relays_and_garbage_counted(
 
 
 def test_leased_hostname_resolves_in_dns(lab: DhcpLab) -> None:
-    """Lease events reach the DNS service: the client's name answers right after the ACK."""
+    """Lease events reach the DNS service: the client's name answers right after the ACK
+    (the event is published before the ACK is sent; the zone follows within one rebuild)."""
     ns = lab.guest("52:54:00:00:0a:01")
     lab.udhcpc(ns, "-x", "hostname:named1")
-    ip = read_env(lab.out / "udhcpc.bound.env")["ip"]
-    out = ns_exec(ns, "kdig", "+short", "+timeout=2", "@10.77.0.1", "named1.lab.test")
-    assert out.stdout.split() == [ip]
+    ip = lab.event("udhcpc", "bound")["ip"]
+
+    def answer() -> list[str]:
+        return ns_exec(ns, "kdig", "+short", "+timeout=2", "@10.77.0.1",
+                       "named1.lab.test").stdout.split()
+
+    assert wait_for(lambda: answer() == [ip], timeout=2), answer()
 
 
 def test_probe_skips_an_address_someone_already_uses(
@@ -203,7 +204,7 @@ def test_probe_skips_an_address_someone_already_uses(
         ns_exec(squatter, "ip", "addr", "add", "10.77.0.100/24", "dev", "eth0")
         client = lab.guest("52:54:00:00:0b:02")
         lab.udhcpc(client)
-        assert read_env(lab.out / "udhcpc.bound.env")["ip"] == "10.77.0.101"
+        assert lab.event("udhcpc", "bound")["ip"] == "10.77.0.101"
         stats = lab.status()["networks"]["lab"]["dhcp"]  # type: ignore[index]
         assert stats["probe_conflict"] == 1
         assert "10.77.0.100 answers pings but has no lease" in lab.logtext()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import NetnsFactory, ns_exec, wait_for
-from tests.priv.dhcp_env import DhcpLab, read_env
+from tests.priv.dhcp_env import DhcpLab
 
 GW = "10.77.0.1"
 
@@ -27,12 +27,6 @@ def lab(netns_factory: NetnsFactory, tmp_path: Path) -> Iterator[DhcpLab]:
         yield lab
     finally:
         lab.close()
-
-
-def env(lab: DhcpLab, event: str) -> dict[str, str]:
-    """What the udhcpc script saw for ``event`` (empty until the script has written it)."""
-    path = lab.out / f"udhcpc.{event}.env"
-    return read_env(path) if path.exists() else {}
 
 
 def dig(ns: str, *args: str) -> str:
@@ -53,8 +47,7 @@ def test_lease_hostname_resolves_until_released(lab: DhcpLab) -> None:
     ns_exec(asker, "ip", "addr", "add", "10.77.0.250/24", "dev", "eth0")
     client = lab.udhcpc_daemon(ns, "-x", "hostname:alpha")
     try:
-        assert wait_for(lambda: "ip" in env(lab, "bound"), timeout=20)
-        ip = env(lab, "bound")["ip"]
+        ip = lab.event("udhcpc", "bound")["ip"]
         assert wait_for(lambda: short(asker, "alpha.lab.test", "A") == [ip], timeout=10)
         assert wait_for(lambda: short(ns, "alpha.lab.test", "A") == [ip], timeout=10)
         assert short(asker, "-x", ip) == ["alpha.lab.test."]
@@ -62,7 +55,7 @@ def test_lease_hostname_resolves_until_released(lab: DhcpLab) -> None:
         assert "status: NXDOMAIN" in dig(asker, "beta.lab.test", "A")
         # A renewal keeps the name; a release removes it, without a restart.
         client.send_signal(signal.SIGUSR1)
-        assert wait_for(lambda: "ip" in env(lab, "renew"), timeout=20)
+        assert lab.event("udhcpc", "renew")["ip"] == ip
         assert short(asker, "alpha.lab.test", "A") == [ip]
         client.send_signal(signal.SIGUSR2)
         assert wait_for(lambda: "status: NXDOMAIN" in dig(asker, "alpha.lab.test", "A"),

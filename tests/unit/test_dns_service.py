@@ -37,10 +37,18 @@ GW = "127.77.0.1"
 
 
 def free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-        t.bind((host, 0))
-        port: int = t.getsockname()[1]
-    return port
+    """A port on ``host`` that neither a TCP nor a UDP socket holds (servers here bind both)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t, \
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            t.bind((host, 0))
+            port: int = t.getsockname()[1]
+            try:
+                u.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError(f"no port free for both TCP and UDP on {host}")
 
 
 class FakeUpstream:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import wait_for
 from vnet.events import EventBus
 from vnet.model import Ipv4Spec, Mode, Network, TftpSpec
 from vnet.serve import ServiceContext
@@ -98,7 +99,7 @@ def test_lock_step_read_from_a_new_port(service: TftpService) -> None:
         assert client.finish(first) == CONTENT
     finally:
         client.close()
-    assert wait(lambda: service.stats().get("complete") == 1)
+    assert wait_for(lambda: service.stats().get("complete") == 1)
 
 
 def test_options_are_acknowledged_then_honoured(service: TftpService) -> None:
@@ -126,7 +127,7 @@ def test_a_silent_client_is_given_up(service: TftpService) -> None:
     client = Client(service)
     try:
         client.request("small.txt")
-        assert wait(lambda: service.stats().get("timed-out") == 1, timeout=5)
+        assert wait_for(lambda: service.stats().get("timed-out") == 1, timeout=5)
         assert service.stats()["active"] == 0
     finally:
         client.close()
@@ -179,7 +180,7 @@ def test_hundred_concurrent_transfers(service: TftpService) -> None:
     finally:
         for c in clients:
             c.close()
-    assert wait(lambda: service.stats()["active"] == 0)
+    assert wait_for(lambda: service.stats()["active"] == 0)
     assert service.stats()["complete"] == 100
 
 
@@ -195,7 +196,7 @@ def test_per_client_transfer_limit(service: TftpService) -> None:
         assert isinstance(other.request("small.txt"), Data)
         other.close()
         clients[0].send(encode_error(0, "bye"))  # one ends: room for one more
-        assert wait(lambda: service.stats()["active"] == 8)
+        assert wait_for(lambda: service.stats()["active"] == 8)
         assert isinstance(clients[8].request("file.bin"), Data)
     finally:
         for c in clients:
@@ -230,15 +231,6 @@ def test_malformed_request_does_not_stop_the_server(service: TftpService) -> Non
         assert isinstance(client.request("small.txt"), Data)
     finally:
         client.close()
-
-
-def wait(predicate: object, timeout: float = 3.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def test_factory_serves_the_network_root_on_its_gateway(root: Path) -> None:
@@ -310,5 +302,5 @@ def test_a_repeated_request_does_not_start_a_second_transfer(service: TftpServic
         assert client.finish(first) == CONTENT
     finally:
         client.close()
-    assert wait(lambda: service.stats()["active"] == 0)
+    assert wait_for(lambda: service.stats()["active"] == 0)
     assert service.stats()["started"] == 1

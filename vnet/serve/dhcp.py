@@ -3,7 +3,7 @@
 decode -> core.handle(packet, now) -> (commit to the lease store, then) send. A socket loop in
 its own thread (no asyncio: its UDP transport costs a 256 KiB read per datagram). Each cycle
 drains the socket (up to BATCH datagrams), commits the lease changes of the whole cycle in one
-transaction (group commit), then sends the replies and publishes the lease events. Everything
+transaction (group commit), then publishes the lease events and sends the replies. Everything
 happens in this one thread: no GIL hand-offs on the hot path (a committer thread measured no
 faster: it traded the fsync wait for GIL waits). Relayed requests (giaddr set) are answered by
 the network whose subnet holds giaddr, whichever bridge they arrived on; unknown relays are
@@ -327,7 +327,7 @@ class DhcpService:
 
     def _dispatch(self, sends: dict[DhcpService, list[Outcome]], rows: list[Row]) -> None:
         """Send what needs no commit (OFFERs, NAKs) at once; commit the cycle's lease changes
-        in one transaction; then send the ACKs and publish the events."""
+        in one transaction; then publish the events (bindings and names first) and send the ACKs."""
         for service, outs in sends.items():
             for out in outs:
                 if out.commit is None and out.reply is not None:
@@ -341,15 +341,18 @@ class DhcpService:
             self.counters["commit_failed"] += 1
             log.error("%s: %s", self.config.network, err)
             return
+        # Publish before the ACKs leave: a client that holds its ACK may use its address at
+        # once, so its anti-spoofing binding (filter service) must already be in place and its
+        # name already queued for DNS.
         publish = self.ctx.events.publish
-        for service, outs in sends.items():
-            for out in outs:
-                if out.commit is not None and out.reply is not None:
-                    service._send(out)
         for outs in sends.values():
             for out in outs:
                 if out.event is not None:
                     publish(out.event)
+        for service, outs in sends.items():
+            for out in outs:
+                if out.commit is not None and out.reply is not None:
+                    service._send(out)
 
     def _send(self, out: Outcome) -> None:
         sock = self._sock
