@@ -28,6 +28,10 @@ COMMANDS = (
     "leases",
     "policy",
     "doctor",
+    "guest",
+    "gc",
+    "net",
+    "hook",
 )
 
 DEFAULTS = {
@@ -81,8 +85,13 @@ def resolve_dirs(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args_in = list(sys.argv[1:] if argv is None else argv)
+    if args_in[:1] == ["hook"]:  # one process per guest start: skip the parser and its imports
+        from vnet.hook import main as hook_main
+
+        return hook_main(args_in[1:])
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(args_in)
     resolve_dirs(args)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

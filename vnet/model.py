@@ -229,6 +229,33 @@ class TftpSpec:
     max_transfers_per_client: int = 8
 
 
+class Origin(enum.StrEnum):
+    """Where a guest's port comes from: a definition file, or an attachment made at run time."""
+
+    FILE = "file"
+    API = "api"
+    QEMU = "qemu"
+    LIBVIRT = "libvirt"
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """A guest port the files do not declare, made at run time (API, QEMU or libvirt hook).
+
+    Kept by the daemon in the state dir; desired state = files + attachments. ``policies`` come
+    on top of the network's own, as for a declared guest.
+    """
+
+    network: str
+    guest: str
+    mac: str
+    ifname: str
+    port: PortKind = PortKind.TAP
+    policies: tuple[str, ...] = ()
+    netns: str | None = None
+    origin: Origin = Origin.API
+
+
 @dataclass(frozen=True)
 class Guest:
     name: str
@@ -243,6 +270,7 @@ class Guest:
     multi_queue: bool = False
     vnet_hdr: bool = True
     ip: ipaddress.IPv4Address | None = None  # from a reservation with the same MAC
+    origin: Origin = Origin.FILE
 
 
 @dataclass(frozen=True)

@@ -95,6 +95,12 @@ class LinkState(LinkAttrs):
     group: int = field(default=0, kw_only=True)
     up: bool = field(default=False, kw_only=True)
     carrier: bool = field(default=False, kw_only=True)
+    persist: bool | None = field(default=None, kw_only=True)  # tun/tap: False = a process holds it
+
+    @property
+    def held(self) -> bool:
+        """A TAP a process (QEMU, libvirt) created and holds open: never recreate it."""
+        return self.kind in ("tap", "tun") and self.persist is False
 
     @property
     def owner_network(self) -> str | None:
@@ -113,7 +119,7 @@ class Observed:
 
 @dataclass(frozen=True)
 class Action:
-    op: str  # create | modify | replace | delete | enslave | release | sysctl
+    op: str  # create | adopt | modify | replace | delete | enslave | release | sysctl
     ifname: str
     network: str
     kind: str = ""
@@ -128,6 +134,11 @@ class Action:
             f", guest {self.spec.guest})" if self.spec and self.spec.guest else ")")
         if self.op == "create" and self.spec is not None:
             return f"create {what}{owner}{_spec_summary(self.spec)}"
+        if self.op == "adopt":
+            rest = ", ".join(f"{k} {_fmt(old)} -> {_fmt(new)}" for k, old, new in self.changes
+                             if k != "owner")
+            return (f"adopt {what}{owner}: made by something else (QEMU, libvirt)"
+                    + (f"; {rest}" if rest else ""))
         if self.op in ("modify", "replace"):
             diff = ", ".join(f"{k} {_fmt(old)} -> {_fmt(new)}" for k, old, new in self.changes)
             return f"{self.op} {what}{owner}: {diff}"
@@ -282,6 +293,12 @@ def plan(desired: Desired, observed: Observed, scope: Sequence[str] | None = Non
         if cur is None:
             ups.append(Action("create", spec.ifname, spec.network, spec.kind, spec))
             continue
+        if cur.owner_network is None and _adoptable(spec, cur):
+            # QEMU or libvirt created the guest's TAP first (script=, managed='no'): take it
+            # as the guest's port (marked, attached, filtered), never recreate it.
+            ups.append(Action("adopt", spec.ifname, spec.network, spec.kind, spec,
+                              _adopt_changes(spec, cur), old=cur))
+            continue
         if cur.owner_network != spec.network:
             who = f"network {cur.owner_network!r}" if cur.owner_network else "something else"
             conflicts.append(
@@ -289,7 +306,7 @@ def plan(desired: Desired, observed: Observed, scope: Sequence[str] | None = Non
                 f"the name is held by a {cur.kind or 'device'} created by {who}"
             )
             continue
-        replace_diff = _replace_changes(spec, cur)
+        replace_diff = () if cur.held else _replace_changes(spec, cur)
         if replace_diff:
             ups.append(Action("replace", spec.ifname, spec.network, spec.kind, spec,
                               replace_diff, old=cur))
@@ -340,6 +357,21 @@ def plan(desired: Desired, observed: Observed, scope: Sequence[str] | None = Non
     # Children first: ports, then bridges, then VLANs, then bonds.
     downs.sort(key=lambda a: (-_RANK.get(a.kind if a.kind != "tun" else "tap", 3), a.ifname))
     return _order_enslaves(ups) + downs
+
+
+def _adoptable(spec: LinkSpec, cur: LinkState) -> bool:
+    return spec.role == "port" and spec.kind == "tap" and cur.kind in ("tap", "tun")
+
+
+def _adopt_changes(spec: LinkSpec, cur: LinkState) -> tuple[tuple[str, object, object], ...]:
+    out: list[tuple[str, object, object]] = [("owner", "something else", f"network {spec.network}")]
+    if spec.master is not None and cur.master != spec.master:
+        out.append(("master", cur.master, spec.master))
+    if spec.mtu is not None and cur.mtu != spec.mtu:
+        out.append(("mtu", cur.mtu, spec.mtu))
+    if not cur.up:
+        out.append(("state", "down", "up"))
+    return tuple(out)
 
 
 def _order_enslaves(actions: list[Action]) -> list[Action]:
@@ -405,7 +437,7 @@ def _modify_changes(spec: LinkSpec, cur: LinkState) -> tuple[tuple[str, object, 
         check("vlan-filtering", cur.vlan_filtering, spec.vlan_filtering)
     check("miimon", cur.miimon, spec.miimon)
     check("macvtap-mode", cur.macvtap_mode, spec.macvtap_mode)
-    if spec.kind == "tap":
+    if spec.kind == "tap" and not cur.held:  # a held TAP's ids are its creator's business
         if cur.owner != spec.owner:
             out.append(("owner", cur.owner, spec.owner))
         if cur.tap_group != spec.tap_group:

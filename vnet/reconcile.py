@@ -206,6 +206,11 @@ def apply_model(model: Model, names: Sequence[str] | None = None, *, policy_dir:
     nets = select(model, names)
     check_capabilities(nets)
     planned = plan_model(model, names, policy_dir=policy_dir, state_dir=state_dir, filters=filters)
+    return apply_planned(planned)
+
+
+def apply_planned(planned: Planned) -> list[str]:
+    """Carry out a plan: L2 actions in order, then the filter change; all undone on failure."""
     if not planned.actions and (planned.filters is None or planned.filters.change is None):
         return []
     with contextlib.ExitStack() as undo:

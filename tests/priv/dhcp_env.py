@@ -154,7 +154,7 @@ class DhcpLab:
             if self.daemon.poll() is not None:
                 raise AssertionError(f"daemon exited {self.daemon.returncode}:\n{self.logtext()}")
             try:
-                api.call(self.run_dir, "status", timeout=1)
+                api.call(self.run_dir, "GET", "/v1/status", timeout=1)
             except Exception:
                 return False
             return True
@@ -172,7 +172,7 @@ class DhcpLab:
         return code
 
     def status(self) -> dict[str, object]:
-        result: dict[str, object] = api.call(self.run_dir, "status")
+        result: dict[str, object] = api.call(self.run_dir, "GET", "/v1/status")
         return result
 
     def leases(self, *args: str) -> str:

@@ -55,7 +55,7 @@ def test_daemon_applies_l2_serves_and_stops_cleanly(lab: tuple[DhcpLab, str]) ->
     assert ip.startswith("10.77.0.1")
     status = env.status()
     assert status["networks"]["lab"]["dhcp"]["ack"] == 1  # type: ignore[index]
-    leases = api.call(env.run_dir, "leases", network="lab")
+    leases = api.call(env.run_dir, "GET", "/v1/leases?network=lab")
     assert [(r["mac"], r["ip"], r["state"]) for r in leases] == [(GUEST_MAC, ip, "bound")]
     assert env.stop_daemon(signal.SIGTERM) == 0
     assert not (env.run_dir / "vnet.pid").exists()
@@ -99,11 +99,11 @@ def test_bad_config_on_reload_keeps_running(lab: tuple[DhcpLab, str]) -> None:
     assert env.status()["networks"]
 
 
-def test_api_rejects_unknown_operation(lab: tuple[DhcpLab, str]) -> None:
+def test_api_rejects_unknown_route(lab: tuple[DhcpLab, str]) -> None:
     env, _guest = lab
     env.start_daemon()
-    with pytest.raises(ApiError, match="unknown operation 'frobnicate'"):
-        api.call(env.run_dir, "frobnicate")
+    with pytest.raises(ApiError, match="/v1/frobnicate"):
+        api.call(env.run_dir, "GET", "/v1/frobnicate")
 
 
 def test_signal_storm_then_sigterm_stops_promptly(lab: tuple[DhcpLab, str]) -> None:

@@ -97,10 +97,25 @@ def test_removed_guest_is_deleted_children_first(tmp_path: Path) -> None:
 
 def test_foreign_link_holding_a_name_is_a_conflict(tmp_path: Path) -> None:
     model = lab_model(tmp_path)
-    foreign = LinkState(ifname="lab-web1", kind="tap", up=True)
-    with pytest.raises(PlanConflict, match="cannot create tap 'lab-web1': the name is held by a tap "
+    foreign = LinkState(ifname="lab-web1", kind="veth", up=True)
+    with pytest.raises(PlanConflict, match="cannot create tap 'lab-web1': the name is held by a veth "
                                            "created by something else"):
         plan(desired_model(model.networks), Observed(links=(ETH1, foreign)))
+
+
+def test_a_tap_qemu_made_with_the_guests_ifname_is_adopted_not_recreated(tmp_path: Path) -> None:
+    model = lab_model(tmp_path)
+    held = LinkState(ifname="lab-web1", kind="tap", up=False, persist=False, vnet_hdr=False,
+                     multi_queue=True)
+    actions = plan(desired_model(model.networks), Observed(links=(ETH1, held)))
+    adopt = [a for a in actions if a.ifname == "lab-web1"]
+    assert [(a.op, a.spec.master if a.spec else None) for a in adopt] == [("adopt", "vn-lab")]
+    assert "made by something else (QEMU, libvirt)" in adopt[0].describe()
+    # Once marked it is the guest's port: its flags are QEMU's business, never a replace.
+    spec = next(s for s in desired_model(model.networks).links if s.ifname == "lab-web1")
+    marked = replace(held, alias=spec.alias, group=spec.group, master="vn-lab", up=True, mtu=1500)
+    again = plan(desired_model(model.networks), Observed(links=(ETH1, marked)))
+    assert [a for a in again if a.ifname == "lab-web1"] == []
 
 
 def test_missing_uplink_is_named(tmp_path: Path) -> None:

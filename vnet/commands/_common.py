@@ -12,7 +12,12 @@ from vnet.model import Model
 
 
 def model_of(args: argparse.Namespace) -> Model:
-    return load_model(args.config_dir, args.policy_dir)
+    """Desired state: the definition files + the guests attached at run time (state dir)."""
+    from vnet.attachments import read_attachments
+    from vnet.guests import with_attachments
+
+    return with_attachments(load_model(args.config_dir, args.policy_dir),
+                            read_attachments(args.state_dir))
 
 
 def print_json(data: Any) -> None:

@@ -72,7 +72,7 @@ def daemon_status(run_dir: Path) -> dict[str, Any] | None:
     if not api.socket_path(run_dir).exists():
         return None
     try:
-        reply = api.call(run_dir, "status", timeout=2.0)
+        reply = api.call(run_dir, "GET", "/v1/status", timeout=2.0)
     except ApiError:
         return None
     return reply if isinstance(reply, dict) else None

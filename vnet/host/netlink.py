@@ -84,7 +84,8 @@ def _link_state(raw: RawLink, names: dict[int, str]) -> LinkState:
     return LinkState(
         ifname=raw.ifname, kind=kind, index=raw.index, alias=raw.alias, group=raw.group,
         master=names.get(raw.master) if raw.master else None, mtu=raw.mtu, mac=raw.mac,
-        up=bool(raw.flags & 1), carrier=bool(raw.flags & 0x10000), **state,
+        up=bool(raw.flags & 1), carrier=bool(raw.flags & 0x10000),
+        persist=bool(d["persist"]) if kind in ("tap", "tun") and "persist" in d else None, **state,
     )
 
 
@@ -374,6 +375,22 @@ def _modify(host: _Host, action: Action) -> None:
         host.undo(_reverter(s, key, old, new))
 
 
+def _adopt(host: _Host, action: Action) -> None:
+    """Mark a TAP someone else made as the guest's port; attach it and bring it up."""
+    s, old = action.spec, action.old
+    assert s is not None
+    assert old is not None
+    old_master = host.index(old.master) if old.master else 0
+
+    def unmark() -> None:
+        with Rtnl() as rtnl:
+            rtnl.request_many([Rtnl.setlink_message(s.ifname, master=old_master, group=old.group,
+                                                    alias=old.alias or "")])
+
+    host.undo(unmark)
+    _finish_links(host, [s])
+
+
 def _reverter(s: LinkSpec, key: str, old: object, new: object) -> Callable[[], None]:
     def revert() -> None:
         host = _Host(lambda fn: None)
@@ -505,6 +522,7 @@ def _delete_links(host: _Host, actions: Sequence[Action], observed: Observed | N
 _APPLY: dict[str, Callable[[_Host, Action], None]] = {
     "create": _create,
     "modify": _modify,
+    "adopt": _adopt,
     "replace": _replace,
     "enslave": _enslave,
     "sysctl": _sysctl,

@@ -154,6 +154,11 @@ class DnsService:
             self._threads.append(thread)
         log.info("DNS for %s listening on %s:%d", self.network.name, self.address, self.port)
 
+    def update_guests(self, network: Network) -> None:
+        """The network's guests changed (an attachment came or went): rebuild the names."""
+        self.network = network
+        self._dirty.set()
+
     def _subscribe(self) -> None:
         """Follow lease events, then catch up with the store: leases that changed between
         construction and now are not lost, and an event seen meanwhile beats the store."""

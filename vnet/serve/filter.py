@@ -86,6 +86,19 @@ class FilterService:
     def stats(self) -> dict[str, int]:
         return dict(self._stats)
 
+    def update_guests(self, network: Network) -> None:
+        """The network's guests changed (an attachment came or went): follow them.
+
+        A new guest's port id is read from vnet's map on its first lease event. A guest that
+        left takes its leased bindings with it (its port's elements were removed by apply).
+        """
+        with self._lock:
+            self.network = network
+            self._guests = {g.mac: g for g in network.guests if network.policies or g.policies}
+            for mac in [m for m in self._leased if m not in self._guests]:
+                del self._leased[mac]
+            self._marks = {}
+
     def _port(self, mac: str) -> Port | None:
         guest = self._guests.get(mac)
         if guest is None:

@@ -1,6 +1,6 @@
 """The service factories the daemon starts for each network, in start order.
 
-Each entry is a callable ``create(network, ctx) -> Service | None`` (None: the network does not
+Each entry is (service name, ``create(network, ctx) -> Service | None``) (None: the network does not
 want that service). To add a service: one import and one entry. Keep this module trivial.
 """
 
@@ -17,9 +17,9 @@ from vnet.serve.tftp import create as create_tftp
 
 Factory = Callable[[Network, ServiceContext], Service | None]
 
-FACTORIES: tuple[Factory, ...] = (
-    create_filter,  # first: subscribed before DHCP publishes its first lease event
-    create_dhcp,
-    create_dns,
-    create_tftp,
+FACTORIES: tuple[tuple[str, Factory], ...] = (
+    ("filter", create_filter),  # first: subscribed before DHCP publishes its first lease event
+    ("dhcp", create_dhcp),
+    ("dns", create_dns),
+    ("tftp", create_tftp),
 )

@@ -1,0 +1,478 @@
+"""The reconcile controller: ONE worker thread makes every change the daemon makes.
+
+Start, SIGHUP reloads, API calls, guest hooks, link events and the periodic check become
+intents on one queue; the worker runs them in order (repeated reloads and checks waiting
+together are run once) and each caller waits for its own outcome. So two changes never race
+on the kernel, and an API caller is told what happened, not "requested".
+
+Desired state = the definition files (last good load) + the attachments in the state dir.
+Every change is: compute the desired model -> plan against the kernel -> apply (undone on
+failure) -> move the services. Services follow their network: a network whose definition
+changed, or whose bridge was recreated, has its services restarted; a change of its guests
+only (an attachment came or went) is handed to the services that care (``update_guests``)
+and restarts nothing. Must not parse requests (``vnet.routes`` does) or touch sockets.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from vnet.attachments import AttachmentStore
+from vnet.errors import ApiError, ConfigError, VnetError
+from vnet.guests import attach_problems, find_port, make_attachment, with_attachments
+from vnet.model import Attachment, Guest, Model, Network
+from vnet.serve import Service, ServiceContext
+
+log = logging.getLogger(__name__)
+
+CHECK_EVERY = 10.0  # seconds between drift checks (link events trigger one at once)
+COALESCED = ("reload", "check")
+
+
+class NotFound(ApiError):
+    """The named network, guest or port does not exist (HTTP 404)."""
+
+
+class Conflict(ApiError):
+    """The request contradicts what exists (HTTP 409)."""
+
+
+class BadRequest(ApiError):
+    """The request itself is wrong (HTTP 400)."""
+
+
+@dataclass(frozen=True)
+class ControllerOptions:
+    config_dir: Path
+    state_dir: Path
+    run_dir: Path
+    policy_dir: Path | None = None
+    apply_l2: bool = True
+
+
+@dataclass
+class _Intent:
+    kind: str
+    args: dict[str, Any]
+    future: Future[Any] = field(default_factory=Future)
+
+
+class Histogram:
+    """Cumulative latency histogram (Prometheus style), seconds."""
+
+    BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+    def __init__(self) -> None:
+        self.counts = [0] * len(self.BUCKETS)
+        self.total = 0.0
+        self.n = 0
+        self._lock = threading.Lock()
+
+    def observe(self, seconds: float) -> None:
+        with self._lock:
+            self.n += 1
+            self.total += seconds
+            for i, bound in enumerate(self.BUCKETS):
+                if seconds <= bound:
+                    self.counts[i] += 1
+
+    def snapshot(self) -> tuple[list[tuple[float, int]], float, int]:
+        with self._lock:
+            return list(zip(self.BUCKETS, self.counts, strict=True)), self.total, self.n
+
+
+def _without_guests(net: Network) -> Network:
+    return replace(net, guests=())
+
+
+class Controller:
+    def __init__(self, options: ControllerOptions, ctx: ServiceContext) -> None:
+        self.options = options
+        self.ctx = ctx
+        self.store = AttachmentStore(options.state_dir)
+        self.files = Model()  # the last good load of the definition files
+        self.model = Model()  # desired: files + attachments (what the services and plan see)
+        self.services: dict[str, dict[str, Service]] = {}
+        self.problems: dict[str, list[str]] = {}  # network -> why it is not fully served
+        self.lock = threading.Lock()  # readers of model/services/problems vs the worker
+        self.reconcile_latency = Histogram()
+        self.nft_latency = Histogram()
+        self.counters = {"reconciles": 0, "reconcile_errors": 0, "repairs": 0}
+        self._queue: queue.Queue[_Intent | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._handlers: dict[str, Callable[..., Any]] = {
+            "reload": self._reload, "attach": self._attach, "detach": self._detach,
+            "check": self._check, "gc": self._gc, "port-up": self._port_up,
+            "check-guest": self._check_guest,
+        }
+        self._next_check = 0.0
+
+    # ----- lifecycle -----
+
+    def start(self) -> None:
+        """Load, apply and start the services (in the caller's thread), then the worker.
+
+        Raises ConfigError (bad files) or VnetError (apply failed): the daemon does not start.
+        """
+        self._reload()
+        self._thread = threading.Thread(target=self._work, name="vnet-reconcile", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Finish the intent in hand, stop services. The data plane stays as it is."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=30)
+            self._thread = None
+        with self.lock:
+            for name in list(self.services):
+                self._stop_services(name)
+        self.store.close()
+
+    def submit(self, kind: str, timeout: float | None = 30.0, **args: Any) -> Any:
+        """Queue an intent and wait for its outcome (re-raises its error)."""
+        intent = _Intent(kind, args)
+        self._queue.put(intent)
+        try:
+            return intent.future.result(timeout)
+        except FutureTimeout as err:
+            raise ApiError(f"{kind}: still in progress after {timeout:.0f} s; the daemon will "
+                           "finish it (see its log)") from err
+
+    def post(self, kind: str, **args: Any) -> None:
+        """Queue an intent without waiting (signals, link events, the periodic check)."""
+        self._queue.put(_Intent(kind, args))
+
+    # ----- the worker -----
+
+    def _work(self) -> None:
+        self._next_check = time.monotonic() + CHECK_EVERY
+        while True:
+            wait = max(0.0, self._next_check - time.monotonic())
+            try:
+                first = self._queue.get(timeout=wait)
+            except queue.Empty:
+                first = _Intent("check", {})
+            if first is None:
+                return
+            batch = [first]
+            while True:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._queue.put(None)  # stop after this batch
+                    break
+                batch.append(more)
+            self._run_batch(batch)
+
+    def _run_batch(self, batch: Sequence[_Intent]) -> None:
+        done: dict[str, tuple[bool, Any]] = {}
+        for intent in batch:
+            if intent.kind in COALESCED and intent.kind in done:
+                ok, value = done[intent.kind]
+            else:
+                ok, value = self._run(intent)
+                if intent.kind in COALESCED:
+                    done[intent.kind] = (ok, value)
+            if intent.kind == "check" or intent.kind == "reload":
+                self._next_check = time.monotonic() + CHECK_EVERY
+            if ok:
+                intent.future.set_result(value)
+            else:
+                intent.future.set_exception(value)
+
+    def _run(self, intent: _Intent) -> tuple[bool, Any]:
+        handler = self._handlers.get(intent.kind)
+        if handler is None:
+            return False, BadRequest(f"unknown intent {intent.kind!r}")
+        began = time.monotonic()
+        try:
+            result = handler(**intent.args)
+        except ConfigError as err:
+            self.counters["reconcile_errors"] += 1
+            log.error("reload refused, keeping the running model:\n%s", err)
+            return False, err
+        except VnetError as err:
+            self.counters["reconcile_errors"] += 1
+            log.error("%s failed: %s", intent.kind, err)
+            return False, err
+        except Exception as err:
+            self.counters["reconcile_errors"] += 1
+            log.exception("%s failed", intent.kind)
+            return False, err
+        finally:
+            self.counters["reconciles"] += 1
+            self.reconcile_latency.observe(time.monotonic() - began)
+        return True, result
+
+    # ----- desired state and the kernel -----
+
+    def _load_files(self) -> Model:
+        from vnet.config import load_model
+
+        policy_dir = self.options.policy_dir
+        return load_model(self.options.config_dir,
+                          policy_dir if policy_dir is not None and policy_dir.exists() else None)
+
+    def _desired(self, files: Model, attachments: Sequence[Attachment] | None = None) -> Model:
+        return with_attachments(files, self.store.all() if attachments is None else attachments)
+
+    def _apply(self, desired: Model, names: Sequence[str] | None) -> tuple[list[str], set[str]]:
+        """Reconcile ``names`` (None: all); returns the lines done and the networks whose
+        bridge was (re)created (their services must rebind)."""
+        if not self.options.apply_l2:
+            return [], set()
+        from vnet.reconcile import apply_planned, check_capabilities, plan_model, select
+
+        nets = select(desired, names)
+        check_capabilities(nets)
+        planned = plan_model(desired, names, policy_dir=self.options.policy_dir,
+                             state_dir=self.options.state_dir)
+        began = time.monotonic()
+        done = apply_planned(planned)
+        if planned.filters is not None and planned.filters.change is not None:
+            self.nft_latency.observe(time.monotonic() - began)
+        recreated = {a.network for a in planned.actions
+                     if a.kind == "bridge" and a.op in ("create", "replace")}
+        for line in done:
+            log.info("apply: %s", line)
+        return done, recreated
+
+    def _pending(self, desired: Model) -> list[str]:
+        if not self.options.apply_l2:
+            return []
+        from vnet.reconcile import plan_model
+
+        return plan_model(desired, None, policy_dir=self.options.policy_dir,
+                          state_dir=self.options.state_dir).lines
+
+    # ----- services -----
+
+    def _start_services(self, net: Network, only_missing: bool = False) -> None:
+        from vnet.serve.registry import FACTORIES
+
+        running = self.services.setdefault(net.name, {})
+        problems = self.problems.setdefault(net.name, [])
+        if not only_missing:
+            problems.clear()
+        for name, factory in FACTORIES:
+            if name in running:
+                continue
+            try:
+                service = factory(net, self.ctx)
+                if service is None:
+                    continue
+                service.start()
+            except VnetError as err:
+                log.error("network %s: %s not started: %s", net.name, name, err)
+                problems.append(f"{name} not serving: {err}")
+                continue
+            running[name] = service
+
+    def _stop_services(self, name: str) -> None:
+        for service in reversed(list(self.services.pop(name, {}).values())):
+            try:
+                service.stop()
+            except Exception:
+                log.exception("network %s: stopping %s failed", name, service.name)
+        self.problems.pop(name, None)
+
+    def _sync_services(self, desired: Model, recreated: set[str]) -> None:
+        old = {n.name: n for n in self.model.networks}
+        new = {n.name: n for n in desired.networks}
+        with self.lock:
+            for name in list(self.services):
+                if name not in new:
+                    self._stop_services(name)
+            for name, net in new.items():
+                prev = old.get(name)
+                if (prev is None or name in recreated or name not in self.services
+                        or _without_guests(prev) != _without_guests(net)):
+                    self._stop_services(name)
+                    self._start_services(net)
+                elif prev != net:
+                    for service in self.services[name].values():
+                        update = getattr(service, "update_guests", None)
+                        if update is not None:
+                            update(net)
+                    self._start_services(net, only_missing=True)  # e.g. the first filtered guest
+            self.model = desired
+
+    # ----- intents -----
+
+    def _reload(self) -> dict[str, Any]:
+        files = self._load_files()
+        desired = self._desired(files)
+        done, recreated = self._apply(desired, None)
+        self._sync_services(desired, recreated)
+        self.files = files
+        log.info("reloaded: %d networks, %d attachments", len(files.networks),
+                 sum(1 for _ in self.store.all()))
+        return {"changes": done}
+
+    def _check(self) -> dict[str, Any]:
+        """Drift: put back what someone else changed, and rebind services that need it."""
+        desired = self._desired(self.files)
+        pending = self._pending(desired)
+        if not pending:
+            return {"changes": []}
+        log.warning("drift found, repairing: %s", "; ".join(pending))
+        done, recreated = self._apply(desired, None)
+        self.counters["repairs"] += 1
+        self._sync_services(desired, recreated)
+        return {"changes": done}
+
+    def _network(self, name: str) -> Network:
+        net = self.files.network(name)
+        if net is None:
+            known = ", ".join(n.name for n in self.files.networks) or "none"
+            raise NotFound(f"no network named {name!r} is defined (defined: {known})")
+        return net
+
+    def _attach(self, network: str, guest: str, mac: str, ifname: str | None = None,
+                port: str = "tap", policies: Sequence[str] = (), netns: str | None = None,
+                origin: str = "api") -> dict[str, Any]:
+        from vnet.policy.library import policy_names
+
+        net = self._network(network)
+        declared = net.guest(guest)
+        if declared is not None:
+            return self._attach_declared(net, declared, mac, ifname)
+        try:
+            att = make_attachment(net, guest, mac, ifname=ifname, port=port, policies=policies,
+                                  netns=netns, origin=origin)
+        except ValueError as err:
+            raise BadRequest(str(err)) from err
+        current = self.store.all()
+        if att in current:  # idempotent: same guest, same port
+            desired = self._desired(self.files, current)
+            done, recreated = self._apply(desired, [network])
+            self._sync_services(desired, recreated)
+            return self.port(network, guest) | {"changes": done}
+        policy_dir = self.options.policy_dir
+        known = policy_names(policy_dir if policy_dir is not None and policy_dir.is_dir() else None)
+        problems = attach_problems(self.model, att, known, current)
+        if problems:
+            raise Conflict("; ".join(problems))
+        self.store.put(att)  # durable first: a crash from here on is repaired at the next start
+        desired = self._desired(self.files, [*current, att])
+        try:
+            done, recreated = self._apply(desired, [network])
+        except VnetError:
+            self.store.delete(att.network, att.guest)
+            raise
+        self._sync_services(desired, recreated)
+        log.info("attached guest %s to network %s (port %s, %s)", guest, network, att.ifname,
+                 att.origin)
+        return self.port(network, guest) | {"changes": done}
+
+    def _attach_declared(self, net: Network, g: Guest, mac: str,
+                         ifname: str | None) -> dict[str, Any]:
+        from vnet.model import normalize_mac
+
+        try:
+            same_mac = normalize_mac(mac) == g.mac
+        except ValueError as err:
+            raise BadRequest(str(err)) from err
+        if not same_mac or (ifname is not None and ifname != g.ifname):
+            raise Conflict(f"guest {g.name!r} is declared in {net.source} with MAC {g.mac} and "
+                           f"port {g.ifname!r}; change it there")
+        desired = self._desired(self.files)
+        done, recreated = self._apply(desired, [net.name])
+        self._sync_services(desired, recreated)
+        return self.port(net.name, g.name) | {"changes": done}
+
+    def _detach(self, network: str, guest: str) -> dict[str, Any]:
+        net = self._network(network)
+        if net.guest(guest) is not None:
+            raise Conflict(f"guest {guest!r} is declared in {net.source}: remove it there "
+                           "(then reload)")
+        current = self.store.all()
+        att = next((a for a in current if (a.network, a.guest) == (network, guest)), None)
+        if att is None:
+            return {"removed": False, "changes": []}
+        desired = self._desired(self.files, [a for a in current if a is not att])
+        done, recreated = self._apply(desired, [network])
+        self.store.delete(network, guest)  # after the port is gone (see vnet.attachments)
+        self._sync_services(desired, recreated)
+        log.info("detached guest %s from network %s", guest, network)
+        return {"removed": True, "changes": done}
+
+    def _gc(self, network: str, live: Sequence[str]) -> dict[str, Any]:
+        self._network(network)
+        keep = set(live)
+        removed: list[str] = []
+        changes: list[str] = []
+        for att in self.store.all(network):
+            if att.guest not in keep:
+                changes += self._detach(network, att.guest)["changes"]
+                removed.append(att.guest)
+        return {"removed": removed, "changes": changes}
+
+    def _port_up(self, ifname: str, origin: str = "qemu") -> dict[str, Any]:
+        """QEMU's ifup script: the TAP exists; it must be a known guest's port."""
+        found = find_port(self.model, ifname)
+        if found is None:
+            raise NotFound(f"no guest has port {ifname!r}: declare it (guests[].ifname) or run "
+                           f"`vnet guest add NET NAME --mac MAC --ifname {ifname}` first")
+        net, g = found
+        desired = self._desired(self.files)
+        done, recreated = self._apply(desired, [net.name])
+        self._sync_services(desired, recreated)
+        return self.port(net.name, g.name) | {"changes": done}
+
+    def _check_guest(self, network: str, guest: str) -> dict[str, Any]:
+        """Drift of one guest: its port as wanted, and the filter document as loaded."""
+        port = self.port(network, guest)
+        drift: list[str] = []
+        if self.options.apply_l2:
+            from vnet.reconcile import plan_model
+
+            planned = plan_model(self._desired(self.files), [network],
+                                 policy_dir=self.options.policy_dir,
+                                 state_dir=self.options.state_dir)
+            drift = [a.describe() for a in planned.actions if a.ifname == port["ifname"]]
+            if planned.filters is not None and planned.filters.change is not None:
+                drift.append(planned.filters.change)
+        return port | {"in_sync": not drift, "drift": drift}
+
+    # ----- reads (any thread) -----
+
+    def port(self, network: str, guest: str) -> dict[str, Any]:
+        with self.lock:
+            net = self.model.network(network)
+            g = net.guest(guest) if net is not None else None
+            if net is None or g is None:
+                raise NotFound(f"network {network!r} has no guest {guest!r}")
+            return guest_json(net, g)
+
+    def snapshot(self) -> tuple[Model, dict[str, list[str]]]:
+        with self.lock:
+            return self.model, {k: list(v) for k, v in self.problems.items() if v}
+
+    def service_stats(self) -> dict[str, dict[str, dict[str, int]]]:
+        with self.lock:
+            return {name: {s.name: s.stats() for s in services.values()}
+                    for name, services in self.services.items()}
+
+
+def guest_json(net: Network, g: Guest) -> dict[str, Any]:
+    return {
+        "network": net.name, "guest": g.name, "ifname": g.ifname, "mac": g.mac,
+        "port": str(g.port), "policies": [*net.policies, *g.policies], "origin": str(g.origin),
+        "netns": g.netns, "ip": str(g.ip) if g.ip is not None else None,
+    }
+
+
+__all__ = ["BadRequest", "ConfigError", "Conflict", "Controller", "ControllerOptions", "NotFound"]

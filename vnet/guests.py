@@ -1,0 +1,151 @@
+"""Desired guests = the files' guests + the attachments made at run time. Pure.
+
+``attach_problems`` says why an attachment cannot join a model (each message names the field
+and the value); ``with_attachments`` returns the model with every attachment as a guest of its
+network. Planning, compiling and the services then see one list of guests, whatever made them.
+Must not read files, the kernel or the attachment store: callers pass what they hold.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+
+from vnet.model import (
+    Attachment,
+    Guest,
+    Mode,
+    Model,
+    Network,
+    Origin,
+    PortKind,
+    check_ifname,
+    normalize_mac,
+)
+from vnet.naming import default_port_ifname
+
+GUEST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+def make_attachment(network: Network, guest: str, mac: str, *, ifname: str | None = None,
+                    port: str = "tap", policies: Sequence[str] = (), netns: str | None = None,
+                    origin: str = "api") -> Attachment:
+    """An Attachment from request fields, normalised; ValueError naming the bad field."""
+    if not GUEST_NAME.match(guest):
+        raise ValueError(f"guest name {guest[:64]!r}: use letters, digits, '-', '_', '.' "
+                         "(max 63, starting with a letter or digit)")
+    try:
+        kind = PortKind(port)
+    except ValueError as err:
+        raise ValueError(f"port {port!r} is not one of tap, macvtap, veth") from err
+    try:
+        where = Origin(origin)
+    except ValueError as err:
+        raise ValueError(f"origin {origin!r} is not one of api, qemu, libvirt") from err
+    if ifname is None:
+        ifname = default_port_ifname(network.name, guest)
+    check_ifname(ifname)
+    if netns is not None and ("/" in netns or netns in ("", ".", "..") or len(netns) > 255):
+        raise ValueError(f"netns {netns!r} is not a network namespace name")
+    if kind == PortKind.VETH and netns is None:
+        raise ValueError("port veth needs --netns (the guest's network namespace)")
+    for name in policies:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"policy {name!r} is not a policy name")
+    return Attachment(network=network.name, guest=guest, mac=normalize_mac(mac), ifname=ifname,
+                      port=kind, policies=tuple(policies), netns=netns, origin=where)
+
+
+def attach_problems(model: Model, att: Attachment, known_policies: Iterable[str] | None = None,
+                    attachments: Iterable[Attachment] = ()) -> list[str]:
+    """Why ``att`` cannot be added to ``model`` (already holding ``attachments``); [] if it can.
+
+    The same guest attached again with the same port is not a problem (``add`` is idempotent).
+    """
+    net = model.network(att.network)
+    if net is None:
+        defined = ", ".join(n.name for n in model.networks) or "none"
+        return [f"no network named {att.network!r} is defined (defined: {defined})"]
+    out: list[str] = []
+    if att.port == PortKind.MACVTAP:
+        if net.uplink is None:
+            out.append(f"network {net.name!r} has no uplink: port macvtap needs one")
+    elif net.bridge is None:
+        out.append(f"network {net.name!r} (mode {net.mode}) has no bridge: use --port macvtap")
+    if net.mode == Mode.MACVTAP and att.port != PortKind.MACVTAP:
+        out.append(f"network {net.name!r} is mode macvtap: guests need --port macvtap")
+    others = [a for a in attachments if (a.network, a.guest) != (att.network, att.guest)]
+    same = next((a for a in attachments if (a.network, a.guest) == (att.network, att.guest)), None)
+    if same is not None and same != att:
+        out.append(f"guest {att.guest!r} is already attached to network {net.name!r} with port "
+                   f"{same.ifname!r} (MAC {same.mac}); delete it first to change it")
+    declared = net.guest(att.guest)
+    if declared is not None:
+        out.append(f"guest {att.guest!r} is declared in {net.source}: it needs no attachment")
+    for g in net.guests:
+        if g.mac == att.mac and g.name != att.guest:
+            out.append(f"MAC {att.mac} is already used by guest {g.name!r} of network {net.name!r}")
+    for a in others:
+        if a.network == att.network and a.mac == att.mac:
+            out.append(f"MAC {att.mac} is already used by guest {a.guest!r} of network {net.name!r}")
+    taken = {n.bridge.name: f"the bridge of network {n.name!r}" for n in model.networks if n.bridge}
+    for n in model.networks:
+        if n.uplink is not None:
+            taken[n.uplink.device] = f"the uplink of network {n.name!r}"
+        for g in n.guests:
+            if (n.name, g.name) != (att.network, att.guest):
+                taken[g.ifname] = f"the port of guest {g.name!r} of network {n.name!r}"
+    for a in others:
+        taken[a.ifname] = f"the port of guest {a.guest!r} of network {a.network!r}"
+    if att.ifname in taken:
+        out.append(f"port ifname {att.ifname!r} is already {taken[att.ifname]}")
+    if known_policies is not None:
+        known = set(known_policies)
+        for name in att.policies:
+            if name not in known:
+                out.append(f"policy {name!r} is not defined (known: {', '.join(sorted(known))})")
+    return out
+
+
+def as_guest(net: Network, att: Attachment) -> Guest:
+    reserved = None
+    if net.ipv4 is not None and net.ipv4.dhcp is not None:
+        reserved = next((r.ip for r in net.ipv4.dhcp.reservations if r.mac == att.mac), None)
+    return Guest(name=att.guest, mac=att.mac, ifname=att.ifname, port=att.port,
+                 policies=att.policies, netns=att.netns, ip=reserved, origin=att.origin)
+
+
+def with_attachments(model: Model, attachments: Iterable[Attachment]) -> Model:
+    """``model`` with each attachment as a guest of its network (unknown networks: skipped)."""
+    extra: dict[str, list[Attachment]] = {}
+    for att in attachments:
+        extra.setdefault(att.network, []).append(att)
+    if not extra:
+        return model
+    networks = []
+    for net in model.networks:
+        atts = sorted(extra.get(net.name, ()), key=lambda a: a.guest)
+        declared = {g.name for g in net.guests}
+        added = tuple(as_guest(net, a) for a in atts if a.guest not in declared)
+        networks.append(replace(net, guests=net.guests + added) if added else net)
+    return replace(model, networks=tuple(networks))
+
+
+def find_port(model: Model, ifname: str) -> tuple[Network, Guest] | None:
+    """The network and guest whose port is named ``ifname``."""
+    for net in model.networks:
+        for g in net.guests:
+            if g.ifname == ifname:
+                return net, g
+    return None
+
+
+def find_mac(model: Model, network: str | None, mac: str) -> tuple[Network, Guest] | None:
+    for net in model.networks:
+        if network is not None and net.name != network:
+            continue
+        for g in net.guests:
+            if g.mac == mac:
+                return net, g
+    return None

@@ -1,0 +1,82 @@
+"""libvirt's qemu hook, daemon side: one call (argv + domain XML) -> controller intents.
+
+The hook process (``vnet.hook``) only forwards what libvirt gave it; the daemon parses and
+checks it here (``vnet.hookargs``: defusedxml, strict names) so a hostile input is refused
+before anything is created. What each operation does, for the domain's vnet interfaces (those
+named in vnet's metadata, or whose ``<target dev>`` is a declared guest's port):
+
+- ``prepare begin`` / ``migrate begin`` (incoming, prepare follows) / ``reconnect begin``:
+  attach each as a guest (origin libvirt) with its MAC, target dev and policies; the port is
+  made before QEMU opens it (``managed='no'``), or adopted when libvirt made it already
+  (reconnect: the guest runs). Idempotent, so a reconnect on a healthy host changes nothing.
+- ``release end``: detach what prepare attached. Idempotent.
+- anything else: nothing.
+
+An interface of ``type='bridge'`` whose TAP libvirt creates itself (``vnetN``) is attached once
+its name is known (``reconnect`` with the live XML); before that, prepare records nothing for
+it and says so in the result. Must not call libvirt (that deadlocks libvirtd).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vnet.controller import BadRequest, Controller
+from vnet.guests import find_port
+from vnet.hookargs import Domain, Interface, parse_domain, parse_libvirt_argv
+
+
+def _ports(controller: Controller, domain: Domain) -> list[tuple[Interface, str | None]]:
+    """(interface, network) of every interface vnet serves; network None = a declared port."""
+    model, _ = controller.snapshot()
+    out: list[tuple[Interface, str | None]] = []
+    for iface in domain.interfaces:
+        if iface.vnet_network is not None:
+            out.append((iface, iface.vnet_network))
+        elif iface.target_dev is not None and find_port(model, iface.target_dev) is not None:
+            out.append((iface, None))
+    return out
+
+
+class LibvirtHooks:
+    def __init__(self, controller: Controller) -> None:
+        self.c = controller
+
+    def handle(self, body: dict[str, Any]) -> dict[str, Any]:
+        argv, xml = body.get("argv"), body.get("xml", "")
+        if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+            raise BadRequest("'argv' must be the hook's arguments (a list of strings)")
+        if not isinstance(xml, str):
+            raise BadRequest("'xml' must be the domain XML (a string)")
+        call = parse_libvirt_argv(argv)
+        if call.action == "noop":
+            return {"action": "noop", "ports": []}
+        domain = parse_domain(xml)
+        if domain.name != call.guest:
+            raise BadRequest(f"domain XML is for {domain.name!r}, the hook was called for "
+                             f"{call.guest!r}")
+        ports = _ports(self.c, domain)
+        done: list[dict[str, Any]] = []
+        notes: list[str] = []
+        if call.action == "release":
+            for iface, network in ports:
+                if network is None:
+                    continue  # a declared guest's port stays (it is in the files)
+                guest = iface.vnet_guest or domain.name
+                done.append(self.c.submit("detach", network=network, guest=guest))
+            return {"action": "release", "ports": done}
+        for iface, network in ports:
+            if iface.mac is None:
+                raise BadRequest(f"domain XML: interface {iface.index} has no <mac address>")
+            if iface.target_dev is None:
+                notes.append(f"interface {iface.index} ({iface.mac}): no target dev yet; "
+                             "attached when libvirt reports it (reconnect)")
+                continue
+            if network is None:
+                done.append(self.c.submit("port-up", ifname=iface.target_dev))
+                continue
+            done.append(self.c.submit(
+                "attach", network=network, guest=iface.vnet_guest or domain.name,
+                mac=iface.mac, ifname=iface.target_dev, policies=list(iface.vnet_policies),
+                origin="libvirt"))
+        return {"action": call.action, "ports": done, "notes": notes}
