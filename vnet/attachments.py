@@ -24,7 +24,7 @@ CREATE TABLE IF NOT EXISTS attachments (
     network  TEXT NOT NULL,
     guest    TEXT NOT NULL,
     mac      TEXT NOT NULL,
-    ifname   TEXT NOT NULL UNIQUE,
+    ifname   TEXT UNIQUE,  -- NULL: pending (adopted by MAC when libvirt makes it)
     port     TEXT NOT NULL,
     policies TEXT NOT NULL,
     netns    TEXT,
@@ -40,7 +40,7 @@ def _row(a: Attachment) -> tuple[str, ...]:
             a.netns, a.origin.value)  # type: ignore[return-value]
 
 
-def _attachment(row: tuple[str, str, str, str, str, str, str | None, str]) -> Attachment:
+def _attachment(row: tuple[str, str, str, str | None, str, str, str | None, str]) -> Attachment:
     network, guest, mac, ifname, port, policies, netns, origin = row
     return Attachment(network=network, guest=guest, mac=mac, ifname=ifname, port=PortKind(port),
                       policies=tuple(json.loads(policies)), netns=netns, origin=Origin(origin))

@@ -28,7 +28,7 @@ from typing import Any
 
 from vnet.attachments import AttachmentStore
 from vnet.errors import ApiError, ConfigError, VnetError
-from vnet.guests import attach_problems, find_port, make_attachment, with_attachments
+from vnet.guests import attach_problems, find_port, make_attachment, pending_for, with_attachments
 from vnet.model import Attachment, Guest, Model, Network
 from vnet.serve import Service, ServiceContext
 
@@ -112,7 +112,7 @@ class Controller:
         self._handlers: dict[str, Callable[..., Any]] = {
             "reload": self._reload, "attach": self._attach, "detach": self._detach,
             "check": self._check, "gc": self._gc, "port-up": self._port_up,
-            "check-guest": self._check_guest,
+            "check-guest": self._check_guest, "port-appeared": self._port_appeared,
         }
         self._next_check = 0.0
 
@@ -342,7 +342,7 @@ class Controller:
 
     def _attach(self, network: str, guest: str, mac: str, ifname: str | None = None,
                 port: str = "tap", policies: Sequence[str] = (), netns: str | None = None,
-                origin: str = "api") -> dict[str, Any]:
+                origin: str = "api", pending: bool = False) -> dict[str, Any]:
         from vnet.policy.library import policy_names
 
         net = self._network(network)
@@ -351,10 +351,16 @@ class Controller:
             return self._attach_declared(net, declared, mac, ifname)
         try:
             att = make_attachment(net, guest, mac, ifname=ifname, port=port, policies=policies,
-                                  netns=netns, origin=origin)
+                                  netns=netns, origin=origin, pending=pending)
         except ValueError as err:
             raise BadRequest(str(err)) from err
         current = self.store.all()
+        if pending:
+            same = next((a for a in current if (a.network, a.guest) == (network, guest)), None)
+            if same is not None and same.mac == att.mac and same.ifname is not None:
+                att = same  # prepare again after the TAP was adopted: keep its name
+        if att in current and att.ifname is None:
+            return pending_json(att)
         if att in current:  # idempotent: same guest, same port
             desired = self._desired(self.files, current)
             done, recreated = self._apply(desired, [network])
@@ -362,10 +368,16 @@ class Controller:
             return self.port(network, guest) | {"changes": done}
         policy_dir = self.options.policy_dir
         known = policy_names(policy_dir if policy_dir is not None and policy_dir.is_dir() else None)
-        problems = attach_problems(self.model, att, known, current)
+        # the files, not self.model: that already holds ``current`` as guests, so every clash
+        # with an attachment was reported twice and an attached guest read as "declared"
+        problems = attach_problems(self.files, att, known, current)
         if problems:
             raise Conflict("; ".join(problems))
         self.store.put(att)  # durable first: a crash from here on is repaired at the next start
+        if att.ifname is None:
+            log.info("guest %s of network %s: waiting for its TAP (MAC %s) on %s", guest,
+                     network, att.mac, net.bridge.name if net.bridge else "?")
+            return pending_json(att)
         desired = self._desired(self.files, [*current, att])
         try:
             done, recreated = self._apply(desired, [network])
@@ -447,6 +459,34 @@ class Controller:
                 drift.append(planned.filters.change)
         return port | {"in_sync": not drift, "drift": drift}
 
+    def _port_appeared(self, ifname: str, mac: str, bridge: str) -> dict[str, Any]:
+        """A link joined a vnet bridge without vnet (libvirt's own ``vnetN``, a hand-made TAP):
+        the guest whose pending attachment has its MAC gets it as its port; anything else is
+        an unknown port (``unknown-ports`` treatment, shown by ``vnet status``)."""
+        if find_port(self.model, ifname) is not None:
+            return {"ifname": ifname, "known": True, "changes": []}
+        net = next((n for n in self.files.networks
+                    if n.bridge is not None and n.bridge.name == bridge), None)
+        if net is None:
+            return {"ifname": ifname, "known": False, "changes": []}
+        current = self.store.all()
+        att = pending_for(current, net.name, mac)
+        if att is None:
+            log.warning("network %s: unknown port %s (MAC %s) on bridge %s: no guest or "
+                        "pending attachment has that MAC", net.name, ifname, mac, bridge)
+            return {"ifname": ifname, "known": False, "changes": []}
+        named = replace(att, ifname=ifname)
+        self.store.put(named)
+        desired = self._desired(self.files, [named if a is att else a for a in current])
+        try:
+            done, recreated = self._apply(desired, [net.name])
+        except VnetError:
+            self.store.put(att)
+            raise
+        self._sync_services(desired, recreated)
+        log.info("guest %s of network %s: adopted %s (MAC %s)", att.guest, net.name, ifname, mac)
+        return self.port(net.name, att.guest) | {"changes": done}
+
     # ----- reads (any thread) -----
 
     def port(self, network: str, guest: str) -> dict[str, Any]:
@@ -465,6 +505,12 @@ class Controller:
         with self.lock:
             return {name: {s.name: s.stats() for s in services.values()}
                     for name, services in self.services.items()}
+
+
+def pending_json(att: Attachment) -> dict[str, Any]:
+    return {"network": att.network, "guest": att.guest, "ifname": None, "mac": att.mac,
+            "port": str(att.port), "policies": list(att.policies), "origin": str(att.origin),
+            "netns": att.netns, "ip": None, "pending": True, "changes": []}
 
 
 def guest_json(net: Network, g: Guest) -> dict[str, Any]:

@@ -24,7 +24,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vnet import api
 from vnet.controller import Controller, ControllerOptions
@@ -32,6 +32,9 @@ from vnet.errors import ApiError
 from vnet.events import EventBus
 from vnet.leases import close_store, read_leases, store_for
 from vnet.serve import ServiceContext
+
+if TYPE_CHECKING:
+    from vnet.linkwatch import LinkWatch
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +89,7 @@ class Daemon:
         self._stop = False
         self._reload = False
         self._pid_fd: int | None = None
+        self.linkwatch: LinkWatch | None = None
         routes = Api(self.controller, options.state_dir, self.started,
                      hooks=LibvirtHooks(self.controller).handle)
         # Bodies up to 8 MiB: a libvirt hook forwards the domain XML (at most 4 MiB).
@@ -132,7 +136,14 @@ class Daemon:
 
     def start(self) -> None:
         store_for(self.options.state_dir)
+        if self.options.apply_l2:
+            from vnet.linkwatch import LinkWatch
+
+            # Subscribed before the first apply: nothing that happens after it is missed.
+            self.linkwatch = LinkWatch(self.controller)
         self.controller.start()
+        if self.linkwatch is not None:
+            self.linkwatch.start()
         self.api.start()
 
     def reload(self) -> None:
@@ -141,6 +152,8 @@ class Daemon:
 
     def shutdown(self) -> None:
         self.api.stop()
+        if self.linkwatch is not None:
+            self.linkwatch.stop()
         self.controller.stop()
         close_store(self.options.state_dir)
         self._unlock_pidfile()

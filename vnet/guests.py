@@ -30,8 +30,12 @@ GUEST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 def make_attachment(network: Network, guest: str, mac: str, *, ifname: str | None = None,
                     port: str = "tap", policies: Sequence[str] = (), netns: str | None = None,
-                    origin: str = "api") -> Attachment:
-    """An Attachment from request fields, normalised; ValueError naming the bad field."""
+                    origin: str = "api", pending: bool = False) -> Attachment:
+    """An Attachment from request fields, normalised; ValueError naming the bad field.
+
+    ``pending``: the port's name is not known yet (libvirt names its TAP when it creates it);
+    the attachment waits for a TAP with the guest's MAC to appear on the network's bridge.
+    """
     if not GUEST_NAME.match(guest):
         raise ValueError(f"guest name {guest[:64]!r}: use letters, digits, '-', '_', '.' "
                          "(max 63, starting with a letter or digit)")
@@ -43,9 +47,10 @@ def make_attachment(network: Network, guest: str, mac: str, *, ifname: str | Non
         where = Origin(origin)
     except ValueError as err:
         raise ValueError(f"origin {origin!r} is not one of api, qemu, libvirt") from err
-    if ifname is None:
+    if ifname is None and not pending:
         ifname = default_port_ifname(network.name, guest)
-    check_ifname(ifname)
+    if ifname is not None:
+        check_ifname(ifname)
     if netns is not None and ("/" in netns or netns in ("", ".", "..") or len(netns) > 255):
         raise ValueError(f"netns {netns!r} is not a network namespace name")
     if kind == PortKind.VETH and netns is None:
@@ -97,8 +102,9 @@ def attach_problems(model: Model, att: Attachment, known_policies: Iterable[str]
             if (n.name, g.name) != (att.network, att.guest):
                 taken[g.ifname] = f"the port of guest {g.name!r} of network {n.name!r}"
     for a in others:
-        taken[a.ifname] = f"the port of guest {a.guest!r} of network {a.network!r}"
-    if att.ifname in taken:
+        if a.ifname is not None:
+            taken[a.ifname] = f"the port of guest {a.guest!r} of network {a.network!r}"
+    if att.ifname is not None and att.ifname in taken:
         out.append(f"port ifname {att.ifname!r} is already {taken[att.ifname]}")
     if known_policies is not None:
         known = set(known_policies)
@@ -109,6 +115,7 @@ def attach_problems(model: Model, att: Attachment, known_policies: Iterable[str]
 
 
 def as_guest(net: Network, att: Attachment) -> Guest:
+    assert att.ifname is not None
     reserved = None
     if net.ipv4 is not None and net.ipv4.dhcp is not None:
         reserved = next((r.ip for r in net.ipv4.dhcp.reservations if r.mac == att.mac), None)
@@ -127,7 +134,8 @@ def with_attachments(model: Model, attachments: Iterable[Attachment]) -> Model:
     for net in model.networks:
         atts = sorted(extra.get(net.name, ()), key=lambda a: a.guest)
         declared = {g.name for g in net.guests}
-        added = tuple(as_guest(net, a) for a in atts if a.guest not in declared)
+        added = tuple(as_guest(net, a) for a in atts
+                      if a.guest not in declared and a.ifname is not None)
         networks.append(replace(net, guests=net.guests + added) if added else net)
     return replace(model, networks=tuple(networks))
 
@@ -148,4 +156,18 @@ def find_mac(model: Model, network: str | None, mac: str) -> tuple[Network, Gues
         for g in net.guests:
             if g.mac == mac:
                 return net, g
+    return None
+
+
+def host_side_macs(mac: str) -> tuple[str, str]:
+    """The MACs a guest's TAP may show on the host: the guest's own, or libvirt's (first octet
+    0xfe, so the bridge never takes the guest's address as its own)."""
+    return mac, "fe" + mac[2:]
+
+
+def pending_for(attachments: Iterable[Attachment], network: str, mac: str) -> Attachment | None:
+    """The pending attachment of ``network`` whose guest owns a TAP with host-side ``mac``."""
+    for a in attachments:
+        if a.network == network and a.ifname is None and mac in host_side_macs(a.mac):
+            return a
     return None

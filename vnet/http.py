@@ -186,6 +186,10 @@ class Router:
             raise ValueError(f"route {method} {pattern} is registered twice")
         self._routes.append(_Route(method, pattern, tuple(segments), handler))
 
+    def routes(self) -> tuple[tuple[str, str], ...]:
+        """Every registered ``(METHOD, pattern)``, in registration order (read-only)."""
+        return tuple((r.method, r.pattern) for r in self._routes)
+
     def resolve(self, method: str, path: str) -> tuple[Handler, dict[str, str]]:
         """The handler and path parameters; HttpError 404 (no such path), 405 (other methods), 400."""
         segments = _decode_segments(path)

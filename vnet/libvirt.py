@@ -12,9 +12,11 @@ named in vnet's metadata, or whose ``<target dev>`` is a declared guest's port):
 - ``release end``: detach what prepare attached. Idempotent.
 - anything else: nothing.
 
-An interface of ``type='bridge'`` whose TAP libvirt creates itself (``vnetN``) is attached once
-its name is known (``reconnect`` with the live XML); before that, prepare records nothing for
-it and says so in the result. Must not call libvirt (that deadlocks libvirtd).
+An interface of ``type='bridge'`` on a vnet bridge, whose TAP libvirt creates and enslaves
+itself (``vnetN``, host-side MAC = the guest's with first octet 0xfe), is recorded at prepare
+as a pending attachment; the daemon's link watch adopts that TAP the moment it joins the
+bridge (``port-appeared``). On ``reconnect`` the live XML names it: it is attached directly.
+Must not call libvirt (that deadlocks libvirtd).
 """
 
 from __future__ import annotations
@@ -27,12 +29,16 @@ from vnet.hookargs import Domain, Interface, parse_domain, parse_libvirt_argv
 
 
 def _ports(controller: Controller, domain: Domain) -> list[tuple[Interface, str | None]]:
-    """(interface, network) of every interface vnet serves; network None = a declared port."""
+    """(interface, network) of every interface vnet serves: named in vnet's metadata, bridged to
+    a vnet bridge, or (network None) whose target dev is a declared guest's port."""
     model, _ = controller.snapshot()
+    bridges = {n.bridge.name: n.name for n in model.networks if n.bridge is not None}
     out: list[tuple[Interface, str | None]] = []
     for iface in domain.interfaces:
         if iface.vnet_network is not None:
             out.append((iface, iface.vnet_network))
+        elif iface.type == "bridge" and iface.source_bridge in bridges:
+            out.append((iface, bridges[iface.source_bridge]))
         elif iface.target_dev is not None and find_port(model, iface.target_dev) is not None:
             out.append((iface, None))
     return out
@@ -57,7 +63,6 @@ class LibvirtHooks:
                              f"{call.guest!r}")
         ports = _ports(self.c, domain)
         done: list[dict[str, Any]] = []
-        notes: list[str] = []
         if call.action == "release":
             for iface, network in ports:
                 if network is None:
@@ -68,9 +73,16 @@ class LibvirtHooks:
         for iface, network in ports:
             if iface.mac is None:
                 raise BadRequest(f"domain XML: interface {iface.index} has no <mac address>")
-            if iface.target_dev is None:
-                notes.append(f"interface {iface.index} ({iface.mac}): no target dev yet; "
-                             "attached when libvirt reports it (reconnect)")
+            if iface.target_dev is None or (network is not None and iface.type == "bridge"
+                                            and call.action in ("prepare", "migrate")):
+                if network is None:
+                    continue
+                # libvirt creates and enslaves this TAP itself after prepare (vnetN, MAC with
+                # first octet 0xfe): it is adopted by MAC the moment it joins the bridge.
+                done.append(self.c.submit(
+                    "attach", network=network, guest=iface.vnet_guest or domain.name,
+                    mac=iface.mac, policies=list(iface.vnet_policies), origin="libvirt",
+                    pending=True))
                 continue
             if network is None:
                 done.append(self.c.submit("port-up", ifname=iface.target_dev))
@@ -79,4 +91,4 @@ class LibvirtHooks:
                 "attach", network=network, guest=iface.vnet_guest or domain.name,
                 mac=iface.mac, ifname=iface.target_dev, policies=list(iface.vnet_policies),
                 origin="libvirt"))
-        return {"action": call.action, "ports": done, "notes": notes}
+        return {"action": call.action, "ports": done}

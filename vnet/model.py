@@ -249,7 +249,7 @@ class Attachment:
     network: str
     guest: str
     mac: str
-    ifname: str
+    ifname: str | None  # None: pending, the TAP libvirt creates (vnetN) is adopted by MAC
     port: PortKind = PortKind.TAP
     policies: tuple[str, ...] = ()
     netns: str | None = None

@@ -26,6 +26,9 @@ NLM_F_ACK = 0x4
 NLM_F_DUMP = 0x300
 NLM_F_EXCL = 0x200
 NLM_F_CREATE = 0x400
+NLM_F_DUMP_INTR = 0x10
+DUMP_TRIES = 5
+RTNLGRP_LINK = 1
 RTM_NEWLINK = 16
 RTM_DELLINK = 17
 RTM_GETLINK = 18
@@ -276,22 +279,38 @@ class Rtnl:
         return out
 
     def _dump(self, msg_type: int, body: bytes) -> list[tuple[bytes, int, int]]:
-        """(buffer, payload start, payload end) of each message a dump request returns."""
+        """(buffer, payload start, payload end) of each message a dump request returns.
+
+        A dump the kernel marks interrupted (``NLM_F_DUMP_INTR``: the table changed while it
+        was read, so some entries may be missing or stale) is read again, up to DUMP_TRIES.
+        """
+        for _ in range(DUMP_TRIES - 1):
+            parts, interrupted = self._dump_once(msg_type, body)
+            if not interrupted:
+                return parts
+        parts, interrupted = self._dump_once(msg_type, body)
+        if interrupted:
+            raise NetlinkError(errno.EAGAIN, 0, f"dump interrupted {DUMP_TRIES} times in a row")
+        return parts
+
+    def _dump_once(self, msg_type: int, body: bytes) -> tuple[list[tuple[bytes, int, int]], bool]:
         self._seq += 1
         seq = self._seq
         self.sock.send(_HDR.pack(_HDR.size + len(body), msg_type,
                                  NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body)
         parts: list[tuple[bytes, int, int]] = []
+        interrupted = False
         while True:
             data = self.sock.recv(1 << 20)
             off = 0
             while off + _HDR.size <= len(data):
-                length, msg_type, _flags, mseq, _pid = _HDR.unpack_from(data, off)
+                length, msg_type, flags, mseq, _pid = _HDR.unpack_from(data, off)
                 if length < _HDR.size:
                     raise NetlinkError(errno.EPROTO, 0)
                 if mseq == seq:
+                    interrupted = interrupted or bool(flags & NLM_F_DUMP_INTR)
                     if msg_type == NLMSG_DONE:
-                        return parts
+                        return parts, interrupted
                     if msg_type == NLMSG_ERROR:
                         code = struct.unpack_from("=i", data, off + _HDR.size)[0]
                         raise NetlinkError(-code, 0)
@@ -357,3 +376,46 @@ def _ack_message(data: bytes, off: int, length: int, flags: int) -> str:
         if kind == NLMSGERR_ATTR_MSG:
             return _cstr(data, start, stop)
     return ""
+
+
+class LinkEvents:
+    """Link change notifications (RTNLGRP_LINK) of this network namespace.
+
+    ``read()`` returns the (event, ifname, index, master, mac) tuples queued now, or None when
+    the socket overflowed (ENOBUFS: events were lost, the caller must resync in full).
+    """
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        self.sock.bind((0, 1 << (RTNLGRP_LINK - 1)))
+        self.sock.settimeout(None)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def read(self) -> list[tuple[str, str, int, int, str | None]] | None:
+        """Everything queued now (non-blocking); None after an overflow."""
+        out: list[tuple[str, str, int, int, str | None]] = []
+        while True:
+            try:
+                data = self.sock.recv(1 << 20, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return out
+            except OSError as err:
+                if err.errno == errno.ENOBUFS:
+                    return None
+                raise
+            off = 0
+            while off + _HDR.size <= len(data):
+                length, msg_type, _flags, _seq, _pid = _HDR.unpack_from(data, off)
+                if length < _HDR.size:
+                    break
+                if msg_type in (RTM_NEWLINK, RTM_DELLINK):
+                    link = _parse_link(data, off + _HDR.size, off + length)
+                    kind = "new" if msg_type == RTM_NEWLINK else "del"
+                    out.append((kind, link.ifname, link.index, link.master, link.mac))
+                off += (length + 3) & ~3
