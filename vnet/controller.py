@@ -115,6 +115,7 @@ class Controller:
             "check-guest": self._check_guest, "port-appeared": self._port_appeared,
         }
         self._next_check = 0.0
+        self._mismatch_seen: dict[str, int] = {}
 
     # ----- lifecycle -----
 
@@ -323,6 +324,7 @@ class Controller:
 
     def _check(self) -> dict[str, Any]:
         """Drift: put back what someone else changed, and rebind services that need it."""
+        self._log_mac_mismatches()
         desired = self._desired(self.files)
         pending = self._pending(desired)
         if not pending:
@@ -332,6 +334,26 @@ class Controller:
         self.counters["repairs"] += 1
         self._sync_services(desired, recreated)
         return {"changes": done}
+
+    def _log_mac_mismatches(self) -> None:
+        """Log (once per check, per port) frames from MACs a guest was not declared with."""
+        if not self.options.apply_l2:
+            return
+        from vnet.host import nft
+
+        try:
+            counts = nft.mac_mismatches()
+        except VnetError:
+            return
+        for ifname, frames in counts.items():
+            seen = self._mismatch_seen.get(ifname, 0)
+            if frames > seen:
+                found = find_port(self.model, ifname)
+                who = f"guest {found[1].name} (declared MAC {found[1].mac})" if found else "?"
+                log.warning("port %s, %s: %d frames from another MAC (%d new); the guest's NIC "
+                            "uses a MAC it was not declared with", ifname, who, frames,
+                            frames - seen)
+        self._mismatch_seen = counts
 
     def _network(self, name: str) -> Network:
         net = self.files.network(name)

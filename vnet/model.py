@@ -295,6 +295,8 @@ class Network:
     policies: tuple[str, ...] = ()
     guests: tuple[Guest, ...] = ()
     forwards: tuple[PortForward, ...] = ()
+    # Ports on the bridge that are no guest's: "isolated" (DHCP to vnet only) or "allow".
+    unknown_ports: str = "isolated"
 
     def guest(self, name: str) -> Guest | None:
         return next((g for g in self.guests if g.name == name), None)

@@ -125,7 +125,26 @@ def _loaded_document(stamp: Path | None) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
-def plan_filters(model: Model, policy_dir: Path | None, state_dir: Path | None) -> FilterPlan:
+def unknown_ports(model: Model, observed: Observed) -> dict[str, list[str]]:
+    """Per network: links on its bridge that are no guest's port and not its uplink (someone
+    enslaved them by hand, or libvirt without vnet's hook). Read from the kernel."""
+    out: dict[str, list[str]] = {}
+    for net in model.networks:
+        if net.bridge is None:
+            continue
+        known = {g.ifname for g in net.guests}
+        if net.uplink is not None:
+            known.add(net.uplink.device)
+        found = sorted(link.ifname for link in observed.links
+                       if link.master == net.bridge.name and link.ifname not in known
+                       and link.owner_network is None)
+        if found:
+            out[net.name] = found
+    return out
+
+
+def plan_filters(model: Model, policy_dir: Path | None, state_dir: Path | None,
+                 unknown: dict[str, list[str]] | None = None) -> FilterPlan:
     """Compile vnet's nftables tables for ``model`` and compare with the last loaded document.
 
     The same structure (tables, chains, rules, sets) with other elements -- a guest added or
@@ -142,7 +161,7 @@ def plan_filters(model: Model, policy_dir: Path | None, state_dir: Path | None) 
         return FilterPlan(None, stamp, "delete nftables tables bridge vnet, inet vnet" if present else None)
     library = load_library(policy_dir if policy_dir is not None and policy_dir.is_dir() else None)
     compiled = compile_ruleset(replace(model, networks=tuple(filtered)), library, _leases(state_dir),
-                               handoff=_handoff())
+                               handoff=_handoff(), unknown=unknown)
     doc: dict[str, Any] = json.loads(json.dumps(compiled))  # as it is stored: plain JSON
     complete = present == {family for family, _ in nft.TABLES}
     old = _loaded_document(stamp) if complete else None
@@ -192,7 +211,7 @@ def plan_model(model: Model, names: Sequence[str] | None = None, *, policy_dir: 
         actions = plan(desired, observed, scope=[n.name for n in nets] if names else None)
     except PlanConflict as err:
         raise ConflictError(str(err)) from err
-    fp = plan_filters(model, policy_dir, state_dir) if filters else None
+    fp = plan_filters(model, policy_dir, state_dir, unknown_ports(model, observed)) if filters else None
     return Planned(actions, observed, fp)
 
 

@@ -89,6 +89,7 @@ def network_schema() -> dict[str, Any]:
             "tftp": _obj({"root": {"type": "string", "pattern": "^/"},
                           "max-transfers-per-client": {"type": "integer", "minimum": 1}}, ("root",)),
             "policies": _POLICIES,
+            "unknown-ports": {"enum": ["isolated", "allow"]},
             "guests": {"type": "array", "items": guest},
             "forwards": {"type": "array", "items": _obj({
                 "proto": {"enum": ["tcp", "udp"]}, "port": {"type": "integer", "minimum": 1, "maximum": 65535},

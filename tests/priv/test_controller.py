@@ -156,3 +156,53 @@ def test_a_tap_libvirt_makes_on_the_bridge_is_adopted_by_mac(lab: tuple[DhcpLab,
                "<target dev='vnet7'/></interface></devices></domain>"})
     assert released["ports"][0]["removed"] is True
     assert "vnet7" not in links(env.host)
+
+
+def test_a_port_enslaved_by_hand_is_isolated_but_gets_dhcp(
+        lab: tuple[DhcpLab, str], netns_factory: NetnsFactory) -> None:
+    env, guest = lab
+    env.start_daemon()
+    stray = netns_factory("s")
+    sh("ip", "-n", env.host, "link", "add", "stray0", "type", "veth", "peer", "name", "eth0",
+       "netns", stray)
+    sh("ip", "-n", stray, "link", "set", "eth0", "up")
+    sh("ip", "-n", env.host, "link", "set", "stray0", "master", "vn-lab", "up")
+    assert wait_for(lambda: "unknown port stray0" in vnet(env, "status").stdout, timeout=2)
+    # DHCP to vnet works from it (the address comes from the range)...
+    env.udhcpc(stray)
+    ip = env.event("udhcpc", "bound")["ip"]
+    assert ip.startswith("10.77.0.1")
+    doctor = vnet(env, "doctor", check=False).stdout
+    assert "ports on its bridge that are no guest's: stray0" in doctor
+
+    # ... anything else does not: a declared guest cannot reach it, until the network allows
+    # unknown ports.
+    def ping() -> bool:
+        return sh("ip", "netns", "exec", guest, "ping", "-c", "1", "-W", "1", ip,
+                  check=False).returncode == 0
+
+    env.udhcpc(guest)
+    assert not ping()
+    env.write_config(config(guest).replace("policies: [clean-traffic]\n",
+                                           "policies: [clean-traffic]\nunknown-ports: allow\n"))
+    api.call(env.run_dir, "POST", "/v1/reload")
+    assert ping()
+
+
+def test_frames_from_an_undeclared_mac_are_counted_and_explained(lab: tuple[DhcpLab, str]) -> None:
+    env, guest = lab
+    env.start_daemon()
+    sh("ip", "-n", guest, "link", "set", "eth0", "address", "52:54:00:00:0c:99")
+    failed = sh("ip", "netns", "exec", guest, "udhcpc", "-f", "-q", "-n", "-t", "2", "-T", "1",
+                "-i", "eth0", "-s", str(env.udhcpc_script), check=False, timeout=20)
+    assert failed.returncode != 0  # clean-traffic drops it: the silent failure users hit
+    status = json.loads(vnet(env, "status", "--json").stdout)
+    port = status["networks"][0]["ports"][0]
+    assert port["ifname"] == "lab-g1"
+    assert port["unexpected_mac_frames"] >= 2
+    doctor = vnet(env, "doctor", check=False)
+    assert doctor.returncode == 1
+    assert f"frames from a MAC other than {GUEST_MAC}" in doctor.stdout
+    api.call(env.run_dir, "POST", "/v1/reload")  # a check runs: the daemon logs it too
+    assert wait_for(lambda: "lab-g1, guest g1 (declared MAC 52:54:00:00:0c:01)" in env.logtext(),
+                    timeout=15), env.logtext()

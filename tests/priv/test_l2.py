@@ -130,7 +130,8 @@ def test_changing_a_key_plans_exactly_that_modification(vnet: Vnet) -> None:
     vnet.write("lab", changed.replace('  - {name: web1, mac: "52:54:00:00:00:10"}\n', ""))
     done = vnet("apply").stdout.strip().splitlines()
     assert done[0] == "delete tap lab-web1 (network lab)"
-    assert all(line.startswith("replace nftables tables") for line in done[1:])
+    assert all(line.startswith(("replace nftables tables", "update nftables elements"))
+               for line in done[1:])
     assert "lab-web1" not in vnet.links()
     vnet.assert_converged()
     vnet.assert_down_clean(foreign)

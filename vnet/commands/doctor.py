@@ -25,9 +25,10 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run)
 
 
-def gather() -> Any:
+def gather(model: Model | None = None) -> Any:
     from vnet.host import netlink, nft
     from vnet.policy.doctor import SYSCTLS, BaseChain, HostFacts
+    from vnet.reconcile import unknown_ports
 
     chains = tuple(BaseChain(c["family"], c["table"], c["name"], c["hook"], int(c["prio"]),
                              c.get("policy") or "accept")
@@ -39,21 +40,22 @@ def gather() -> Any:
         foreign_chains=chains,
         vnet_tables=nft.owned_tables_present(),
         legacy_iptables=legacy,
+        mac_mismatches=nft.mac_mismatches(),
+        unknown_ports=unknown_ports(model or Model(), netlink.observe(addresses_of=())),
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    from vnet.config import load_model
+    from vnet.commands._common import model_of
     from vnet.policy.doctor import diagnose
 
-    policy_dir = args.policy_dir if args.policy_dir.is_dir() else None
     try:
-        model = load_model(args.config_dir, policy_dir)
+        model = model_of(args)
     except ConfigError as err:
         print(f"vnet: definitions have problems (vnet validate); checking the host only:\n{err}",
               file=sys.stderr)
         model = Model()
-    findings = diagnose(model, gather())
+    findings = diagnose(model, gather(model))
     if args.json:
         print_json([f.__dict__ for f in findings])
     elif not findings:

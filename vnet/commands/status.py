@@ -8,11 +8,11 @@ from typing import Any
 
 from vnet import api
 from vnet.commands._common import model_of, print_json
-from vnet.errors import ApiError
+from vnet.errors import ApiError, VnetError
 from vnet.host import netlink
 from vnet.model import Model
 from vnet.plan import Observed, PlanConflict, desired_model, plan, restrict
-from vnet.reconcile import owned_networks
+from vnet.reconcile import owned_networks, unknown_ports
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -21,9 +21,17 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run)
 
 
-def status_of(model: Model, observed: Observed) -> list[dict[str, Any]]:
-    """Per network: in sync or not, the bridge, each port with its device and state. Pure."""
+def status_of(model: Model, observed: Observed, mismatches: dict[str, int] | None = None,
+              problems: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
+    """Per network: in sync or not, the bridge, each port with its device and state, ports on
+    the bridge that are no guest's, frames from unexpected MACs. Pure.
+
+    ``problems``: what the daemon reports per network (a service not serving); such a network
+    is never "in sync"."""
     have = observed.by_name()
+    mismatches = mismatches or {}
+    problems = problems or {}
+    unknown = unknown_ports(model, observed)
     out: list[dict[str, Any]] = []
     defined = {n.name for n in model.networks}
     for net in model.networks:
@@ -33,8 +41,11 @@ def status_of(model: Model, observed: Observed) -> list[dict[str, Any]]:
             sync = "in sync" if pending == 0 else f"{pending} change(s) pending"
         except PlanConflict as err:
             sync = f"conflict: {err}"
+        if problems.get(net.name):
+            sync = "not serving: " + "; ".join(problems[net.name])
         entry: dict[str, Any] = {"name": net.name, "mode": str(net.mode), "source": net.source,
-                                 "state": sync, "ports": []}
+                                 "state": sync, "ports": [],
+                                 "unknown_ports": unknown.get(net.name, [])}
         if net.bridge is not None:
             br = have.get(net.bridge.name)
             entry["bridge"] = {
@@ -50,7 +61,8 @@ def status_of(model: Model, observed: Observed) -> list[dict[str, Any]]:
             entry["ports"].append({
                 "guest": g.name, "ifname": g.ifname, "kind": str(g.port), "mac": g.mac,
                 "state": _state(link), "carrier": bool(link and link.carrier),
-                "master": link.master if link else None,
+                "master": link.master if link else None, "origin": str(g.origin),
+                "unexpected_mac_frames": mismatches.get(g.ifname, 0),
             })
         out.append(entry)
     for name in owned_networks(observed):
@@ -79,10 +91,16 @@ def daemon_status(run_dir: Path) -> dict[str, Any] | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vnet.host import nft
+
     model = model_of(args)
     observed = netlink.observe()
-    data = status_of(model, observed)
     daemon = daemon_status(args.run_dir)
+    try:
+        mismatches = nft.mac_mismatches()
+    except VnetError:
+        mismatches = {}
+    data = status_of(model, observed, mismatches, (daemon or {}).get("problems"))
     for net in data:
         services = (daemon or {}).get("networks", {}).get(net["name"])
         if services is not None:
@@ -108,6 +126,12 @@ def run(args: argparse.Namespace) -> int:
             carrier = "carrier" if p["carrier"] else "no carrier"
             print(f"  port {p['ifname']} ({p['kind']}, guest {p['guest']}, {p['mac']}): "
                   f"{p['state']}, {carrier}")
+            if p["unexpected_mac_frames"]:
+                print(f"    {p['unexpected_mac_frames']} frames from a MAC other than {p['mac']} "
+                      "(see vnet doctor)")
+        for ifname in net.get("unknown_ports", []):
+            print(f"  unknown port {ifname}: on the bridge but no guest's (isolated unless "
+                  "unknown-ports: allow)")
         for link in net.get("links", []):
             print(f"  link {link}")
         for service, counters in sorted(net.get("services", {}).items()):

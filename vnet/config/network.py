@@ -31,7 +31,7 @@ _POLICY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 TOP_KEYS = {
     "name", "mode", "bridge", "uplink", "macvtap", "ipv4", "dns", "tftp", "policies", "guests",
-    "forwards",
+    "forwards", "unknown-ports",
 }
 
 
@@ -113,6 +113,13 @@ def read_network(file: str, doc: Any, problems: list[Any],
         r.problem("policies", "mode open installs no vnet rules; remove policies or change mode")
     guests = _read_guests(r, name, mode, uplink, bridge, ipv4, known_policies)
     forwards = _read_forwards(r, mode, guests)
+
+    def as_unknown_ports(value: Any) -> str:
+        if value not in ("isolated", "allow"):
+            raise ValueError(f"unknown-ports {value!r} must be isolated or allow")
+        return str(value)
+
+    unknown_ports = r.convert("unknown-ports", as_unknown_ports, "isolated") or "isolated"
     if not valid_name:
         return None
     return Network(
@@ -128,6 +135,7 @@ def read_network(file: str, doc: Any, problems: list[Any],
         policies=policies,
         guests=guests,
         forwards=forwards,
+        unknown_ports=unknown_ports,
     )
 
 

@@ -230,6 +230,25 @@ def port_marks() -> dict[str, int]:
     return marks
 
 
+def mac_mismatches() -> dict[str, int]:
+    """Frames per port from a MAC its guest was not declared with (``bridge vnet`` set
+    ``mac_mismatch``, counted by the kernel): ifname -> packets. {} without vnet's tables."""
+    rc, out, err = _context().cmd("list set bridge vnet mac_mismatch")
+    if rc != 0:
+        if "No such file or directory" in err:
+            return {}
+        raise NftError("cannot list bridge vnet mac_mismatch", err)
+    counts: dict[str, int] = {}
+    for item in json.loads(out).get("nftables", []):
+        body = item.get("set") if isinstance(item, dict) else None
+        for elem in (body or {}).get("elem", []):
+            inner = elem.get("elem") if isinstance(elem, dict) else None
+            if isinstance(inner, dict) and isinstance(inner.get("val"), str):
+                counter = inner.get("counter") or {}
+                counts[inner["val"]] = int(counter.get("packets", 0))
+    return counts
+
+
 def base_chains_elsewhere() -> list[dict[str, Any]]:
     """Headers (family, table, name, hook, prio, policy) of base chains in tables vnet does not
     own. Read-only and for ``vnet doctor`` only: it lists chain headers, never rules, and vnet

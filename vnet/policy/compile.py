@@ -387,11 +387,33 @@ def _dispatch_rules(fam: str) -> list[nj.Command]:
                 nj.set_meta("mark", nj.map_lookup(nj.meta(dev), "@port_mark")),
                 nj.vmap(_profile_key(), vmap)])
 
+        unknown_in = nj.match(nj.meta("iifname"), nj.set_ref("unknown"))
+        unknown_out = nj.match(nj.meta("oifname"), nj.set_ref("unknown"))
+        dhcp_to_vnet = [nj.match(nj.payload("udp", "sport"), 68),
+                        nj.match(nj.payload("udp", "dport"), 67)]
         return [nj.add(x) for x in (
+            # a port no guest owns (enslaved by hand, or by libvirt without a hook): DHCP to
+            # vnet and its answers only (unknown-ports: isolated)
+            r(fam, TABLE, "prerouting", [unknown_in, *dhcp_to_vnet, nj.accept()],
+              "unknown port: DHCP to vnet only"),
+            r(fam, TABLE, "prerouting", [unknown_in, LOG_RATE,
+                                         nj.log("vnet: unknown port "), nj.drop()]),
+            r(fam, TABLE, "prerouting", [unknown_in, nj.drop()]),
+            r(fam, TABLE, "prerouting", [
+                nj.match(nj.meta("iifname"), nj.set_ref("ports")),
+                nj.match(nj.concat(nj.meta("iifname"), nj.payload("ether", "saddr")),
+                         nj.set_ref("port_macs"), "!="),
+                nj.set_update("mac_mismatch", nj.meta("iifname")),
+                LOG_RATE, nj.log("vnet: unexpected MAC ")], "a frame from a MAC the guest "
+              "was not declared with: counted per port"),
             tag_and_jump("prerouting", "iifname", "@out"),
             r(fam, TABLE, "forward", [_tagged("=="), nj.set_meta("mark", 0)],
               "the source port's tag has done its job"),
+            r(fam, TABLE, "forward", [unknown_out, nj.drop()]),
             tag_and_jump("forward", "oifname", "@in"),
+            r(fam, TABLE, "output", [unknown_out, nj.match(nj.payload("udp", "sport"), 67),
+                                     nj.accept()]),
+            r(fam, TABLE, "output", [unknown_out, nj.drop()]),
             tag_and_jump("output", "oifname", "@in"),
         )]
     bridges = nj.set_ref("bridges")
@@ -515,9 +537,10 @@ def compile_ruleset(
     leases: Leases | None = None,
     *,
     handoff: frozenset[str] = HANDOFF_ALL,
+    unknown: Mapping[str, Collection[str]] | None = None,
 ) -> dict[str, nj.Json]:
     """The full nftables JSON document for vnet's tables (see ``compile_state``)."""
-    return compile_state(model, library, leases, handoff=handoff).document()
+    return compile_state(model, library, leases, handoff=handoff, unknown=unknown).document()
 
 
 def compile_state(
@@ -526,12 +549,16 @@ def compile_state(
     leases: Leases | None = None,
     *,
     handoff: frozenset[str] = HANDOFF_ALL,
+    unknown: Mapping[str, Collection[str]] | None = None,
 ) -> Compiled:
     """Compile everything. ``handoff``: the IP families ``br_netfilter`` passes to the inet
     table (``bridge-nf-call-iptables`` -> "ip", ``-ip6tables`` -> "ip6"); families not handed
     off are filtered statelessly in the bridge table, where rules with ``state`` are inactive.
-    Raises ConfigError for unknown policy names."""
+    ``unknown``: network -> the ports on its bridge that are no guest's (seen in the kernel);
+    networks with ``unknown-ports: isolated`` put them in the ``unknown`` set (DHCP to vnet
+    only). Raises ConfigError for unknown policy names."""
     leases = leases or {}
+    unknown = unknown or {}
     problems = [p for p in policy_problems(model, library)
                 if "unknown policy" in p.message]
     if problems:
@@ -577,6 +604,13 @@ def compile_state(
         key_t = "ifname" if fam == "bridge" else "mark"
         if fam == "bridge":
             t.append(nj.add(nj.set_(fam, TABLE, "port_mark", "ifname", data="mark")))
+            # every guest port and its declared MAC; frames from another MAC are counted per
+            # port in mac_mismatch (vnet status / doctor); ports no guest owns: unknown
+            t.append(nj.add(nj.set_(fam, TABLE, "ports", "ifname")))
+            t.append(nj.add(nj.set_(fam, TABLE, "port_macs", ["ifname", "ether_addr"])))
+            t.append(nj.add(nj.set_(fam, TABLE, "mac_mismatch", "ifname", flags=["timeout"],
+                                    size=65535, counters=True)))
+            t.append(nj.add(nj.set_(fam, TABLE, "unknown", "ifname")))
         else:
             t.append(nj.add(nj.set_(fam, TABLE, "bridges", "ifname")))
             t.append(nj.add(nj.set_(fam, TABLE, "ip4_port", "ipv4_addr", data="mark")))
@@ -627,8 +661,13 @@ def compile_state(
                 "inet", TABLE, f"forwards_{key}", ["inet_proto", "inet_service"],
                 data="ipv4_addr")))
         rules["inet"].extend(_network_rules(net, ni, compiled))
+        if net.unknown_ports == "isolated":
+            for ifname in sorted(unknown.get(net.name, ())):
+                elem("bridge", "unknown", ifname)
         macs: set[str] = set()
         for guest in net.guests:
+            elem("bridge", "ports", guest.ifname)
+            elem("bridge", "port_macs", nj.concat(guest.ifname, guest.mac))
             names = (*net.policies, *guest.policies)
             if not names:
                 if guest_set is not None and guest.mac not in macs:

@@ -28,6 +28,8 @@ class HostFacts:
     foreign_chains: tuple[BaseChain, ...] = ()
     vnet_tables: tuple[str, ...] = ()  # families of vnet's tables that are loaded
     legacy_iptables: tuple[str, ...] = ()  # /proc/net/ip_tables_names (x_tables in use)
+    mac_mismatches: dict[str, int] = field(default_factory=dict)  # port -> frames, from nft
+    unknown_ports: dict[str, list[str]] = field(default_factory=dict)  # network -> ifnames
 
 
 @dataclass(frozen=True)
@@ -43,8 +45,35 @@ FORWARD = "net.ipv4.ip_forward"
 SYSCTLS = (*BRNF.values(), FORWARD)
 
 
-def diagnose(model: Model, facts: HostFacts) -> list[Finding]:
+def _port_findings(model: Model, facts: HostFacts) -> list[Finding]:
     out: list[Finding] = []
+    guests = {g.ifname: (n, g) for n in model.networks for g in n.guests}
+    for ifname, frames in sorted(facts.mac_mismatches.items()):
+        if not frames or ifname not in guests:
+            continue
+        net, g = guests[ifname]
+        out.append(Finding(
+            "error", f"port {ifname} (guest {g.name}, network {net.name}): {frames} frames "
+            f"from a MAC other than {g.mac}",
+            "The guest's NIC does not use the MAC it was declared with: anti-spoofing drops its "
+            "frames and DHCP never sees its real address, so it gets no lease.",
+            f"give the guest NIC mac={g.mac} (QEMU -device ...,mac=; libvirt <mac address>), "
+            "or declare the MAC it really has"))
+    for network, ports in sorted(facts.unknown_ports.items()):
+        owner = model.network(network)
+        treatment = "isolated (DHCP to vnet only)" if owner is None or owner.unknown_ports == \
+            "isolated" else "allowed (unknown-ports: allow)"
+        out.append(Finding(
+            "warning", f"network {network}: ports on its bridge that are no guest's: "
+            + ", ".join(ports),
+            f"Something enslaved them without vnet; they are {treatment} and get no policies.",
+            "declare the guest (guests[].ifname), attach it (vnet guest add ... --ifname), or "
+            "use vnet's QEMU/libvirt hooks (docs/hooks.md)"))
+    return out
+
+
+def diagnose(model: Model, facts: HostFacts) -> list[Finding]:
+    out: list[Finding] = _port_findings(model, facts)
     filtered = [n for n in model.networks if n.bridge is not None and n.mode != Mode.OPEN]
     routed = [n for n in model.networks if n.mode in (Mode.NAT, Mode.ROUTE)]
     bridges = sorted(n.bridge.name for n in filtered if n.bridge is not None)

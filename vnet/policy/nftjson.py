@@ -71,6 +71,11 @@ def bitand(left: Expr, mask: int) -> Expr:
 # --- statements ----------------------------------------------------------------------------
 
 
+def set_update(set_name: str, elem: Expr) -> Stmt:
+    """Add ``elem`` to a dynamic set (or refresh it); its element counter counts the packet."""
+    return {"set": {"op": "update", "elem": elem, "set": set_ref(set_name)}}
+
+
 def match(left: Expr, right: Expr, op: str = "==") -> Stmt:
     return {"match": {"op": op, "left": left, "right": right}}
 
@@ -158,8 +163,11 @@ def set_(
     flags: Sequence[str] = (),
     elements: Sequence[Json] = (),
     comment: str | None = None,
+    size: int | None = None,
+    counters: bool = False,
 ) -> Json:
-    """A named set, or a map when ``data`` is given (``"verdict"`` for a verdict map)."""
+    """A named set, or a map when ``data`` is given (``"verdict"`` for a verdict map).
+    ``counters``: every element counts the packets that hit it (read back with ``nft list``)."""
     body: dict[str, Json] = {
         "family": family,
         "table": table_,
@@ -174,6 +182,10 @@ def set_(
         body["elem"] = list(elements)
     if comment:
         body["comment"] = comment
+    if size is not None:
+        body["size"] = size
+    if counters:
+        body["stmt"] = [counter()]
     return {"map" if data is not None else "set": body}
 
 
