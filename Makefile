@@ -6,7 +6,8 @@ SYSTEM_PYTHON ?= python3
 APT_PACKAGES := python3 python3-venv iproute2 nftables libnftables1 python3-nftables \
 	qemu-system-x86 ipxe-qemu dnsmasq-base kea-dhcp4-server kea-admin isc-dhcp-client \
 	udhcpc dhcpcd-base busybox knot-dnsutils dnsperf tftp-hpa atftp tftpd-hpa curl \
-	util-linux procps iputils-ping netcat-openbsd
+	util-linux procps iputils-ping netcat-openbsd \
+	libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
 PYTEST_ARGS ?=
 
 .PHONY: all deps venv lint test unit demo bench clean-test-leftovers guest-assets

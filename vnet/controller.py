@@ -28,8 +28,10 @@ from typing import Any
 
 from vnet.attachments import AttachmentStore
 from vnet.errors import ApiError, ConfigError, VnetError
+from vnet.guestpath import FilterMemory
 from vnet.guests import attach_problems, find_port, make_attachment, pending_for, with_attachments
 from vnet.model import Attachment, Guest, Model, Network
+from vnet.policy.loaded import Loaded
 from vnet.serve import Service, ServiceContext
 
 log = logging.getLogger(__name__)
@@ -97,7 +99,7 @@ def _without_guests(net: Network) -> Network:
 class Controller:
     def __init__(self, options: ControllerOptions, ctx: ServiceContext) -> None:
         self.options = options
-        self.ctx = ctx
+        self.ctx = replace(ctx, nft_elements=self._nft_elements) if options.apply_l2 else ctx
         self.store = AttachmentStore(options.state_dir)
         self.files = Model()  # the last good load of the definition files
         self.model = Model()  # desired: files + attachments (what the services and plan see)
@@ -113,9 +115,15 @@ class Controller:
             "reload": self._reload, "attach": self._attach, "detach": self._detach,
             "check": self._check, "gc": self._gc, "port-up": self._port_up,
             "check-guest": self._check_guest, "port-appeared": self._port_appeared,
+            "plan": self._plan, "check-links": self._check_links,
         }
         self._next_check = 0.0
         self._mismatch_seen: dict[str, int] = {}
+        # The filter state, one owner: what the compiler assigned and what the tables hold.
+        # The worker and the filter service (lease bindings) change it under _nft_lock.
+        self.filters: FilterMemory | None = None
+        self._nft_lock = threading.Lock()
+        self._stamp_dirty = False
 
     # ----- lifecycle -----
 
@@ -137,6 +145,7 @@ class Controller:
         with self.lock:
             for name in list(self.services):
                 self._stop_services(name)
+        self._write_stamp()
         self.store.close()
 
     def submit(self, kind: str, timeout: float | None = 30.0, **args: Any) -> Any:
@@ -238,25 +247,91 @@ class Controller:
 
         nets = select(desired, names)
         check_capabilities(nets)
-        planned = plan_model(desired, names, policy_dir=self.options.policy_dir,
-                             state_dir=self.options.state_dir)
-        began = time.monotonic()
-        done = apply_planned(planned)
-        if planned.filters is not None and planned.filters.change is not None:
-            self.nft_latency.observe(time.monotonic() - began)
+        with self._nft_lock:
+            planned = plan_model(desired, names, policy_dir=self.options.policy_dir,
+                                 state_dir=self.options.state_dir,
+                                 baseline=self.filters.loaded if self.filters else None)
+            began = time.monotonic()
+            done = apply_planned(planned)
+            fp = planned.filters
+            if fp is not None and fp.change is not None:
+                self.nft_latency.observe(time.monotonic() - began)
+            if fp is not None:
+                self.filters = (FilterMemory(fp.compiled, Loaded.of(fp.document))
+                                if fp.document is not None and fp.compiled is not None else None)
+                self._stamp_dirty = False  # apply_planned wrote it
         recreated = {a.network for a in planned.actions
                      if a.kind == "bridge" and a.op in ("create", "replace")}
         for line in done:
             log.info("apply: %s", line)
         return done, recreated
 
-    def _pending(self, desired: Model) -> list[str]:
+    def _plan(self, networks: Sequence[str] = ()) -> dict[str, Any]:
+        """What a reload would change now: the files as they are + the attachments. Dry run."""
+        from vnet.reconcile import select
+
+        desired = self._desired(self._load_files())
+        try:
+            select(desired, networks)
+        except VnetError as err:
+            raise NotFound(str(err)) from err
+        return {"changes": self._pending(desired, networks or None)}
+
+    def _pending(self, desired: Model, names: Sequence[str] | None = None) -> list[str]:
         if not self.options.apply_l2:
             return []
         from vnet.reconcile import plan_model
 
-        return plan_model(desired, None, policy_dir=self.options.policy_dir,
-                          state_dir=self.options.state_dir).lines
+        with self._nft_lock:
+            return plan_model(desired, names, policy_dir=self.options.policy_dir,
+                              state_dir=self.options.state_dir,
+                              baseline=self.filters.loaded if self.filters else None).lines
+
+    def _nft_elements(self, commands: Sequence[Any]) -> None:
+        """Element changes of the services (lease bindings): to the kernel and to memory."""
+        from vnet.host import nft
+
+        with self._nft_lock:
+            nft.update_elements(commands)
+            if self.filters is not None:
+                self.filters.loaded.apply(commands)
+                self._stamp_dirty = True
+
+    def _write_stamp(self) -> None:
+        """Write down what the tables hold (for `vnet apply` without a daemon, and restarts)."""
+        from vnet.reconcile import RULESET_STAMP, write_stamp
+
+        with self._nft_lock:
+            if self._stamp_dirty and self.filters is not None:
+                write_stamp(self.options.state_dir / RULESET_STAMP, self.filters.loaded.document())
+                self._stamp_dirty = False
+
+    def _apply_guest(self, desired: Model, network: str, guest: Guest, add: bool) -> list[str]:
+        """One guest in or out: its port and its elements only when possible (O(1), see
+        ``vnet.guestpath``), else a reconcile of its network."""
+        net = desired.network(network)
+        if not self.options.apply_l2 or net is None:
+            return self._apply(desired, [network])[0]
+        from vnet import guestpath
+        from vnet.leases import store_for
+        from vnet.reconcile import check_capabilities
+
+        check_capabilities([net])
+        began = time.monotonic()
+        with self._nft_lock:
+            if add:
+                leased = [r.ip for r in store_for(self.options.state_dir).active_for(network, guest.mac)]
+                done = guestpath.attach(net, guest, self.filters, leased)
+            else:
+                done = guestpath.detach(net, guest, self.filters)
+            if done is not None:
+                self._stamp_dirty = True
+                self.nft_latency.observe(time.monotonic() - began)
+        if done is None:
+            return self._apply(desired, [network])[0]
+        for line in done:
+            log.info("apply: %s", line)
+        return done
 
     # ----- services -----
 
@@ -325,6 +400,7 @@ class Controller:
     def _check(self) -> dict[str, Any]:
         """Drift: put back what someone else changed, and rebind services that need it."""
         self._log_mac_mismatches()
+        self._write_stamp()
         desired = self._desired(self.files)
         pending = self._pending(desired)
         if not pending:
@@ -354,6 +430,35 @@ class Controller:
                             "uses a MAC it was not declared with", ifname, who, frames,
                             frames - seen)
         self._mismatch_seen = counts
+
+    def _check_links(self, names: Sequence[str]) -> dict[str, Any]:
+        """Links an event showed deleted or changed: reconcile their networks if they are
+        still wanted and differ (read now: vnet's own changes are no drift)."""
+        if not self.options.apply_l2:
+            return {"changes": []}
+        from vnet.host.netlink import observe_links
+        from vnet.plan import desired_network, drifted
+
+        wanted: dict[str, tuple[str, Any]] = {}
+        for net in self.model.networks:
+            for spec in desired_network(net).links:
+                if spec.ifname in names:
+                    wanted[spec.ifname] = (net.name, spec)
+        if not wanted:
+            return {"changes": []}
+        bridges = {n.bridge.name for n in self.model.networks
+                   if n.bridge is not None and n.name in {net for net, _ in wanted.values()}}
+        seen = observe_links(sorted(set(wanted) | bridges)).by_name()  # masters by name
+        stale = sorted({net for ifname, (net, spec) in wanted.items()
+                        if ifname not in seen or drifted(spec, seen[ifname])})
+        if not stale:
+            return {"changes": []}
+        log.warning("links changed by someone else, repairing networks %s", ", ".join(stale))
+        desired = self._desired(self.files)
+        done, recreated = self._apply(desired, stale)
+        self.counters["repairs"] += 1
+        self._sync_services(desired, recreated)
+        return {"changes": done}
 
     def _network(self, name: str) -> Network:
         net = self.files.network(name)
@@ -401,12 +506,15 @@ class Controller:
                      network, att.mac, net.bridge.name if net.bridge else "?")
             return pending_json(att)
         desired = self._desired(self.files, [*current, att])
+        joined = desired.network(network)
+        added = joined.guest(guest) if joined is not None else None
+        assert added is not None
         try:
-            done, recreated = self._apply(desired, [network])
+            done = self._apply_guest(desired, network, added, add=True)
         except VnetError:
             self.store.delete(att.network, att.guest)
             raise
-        self._sync_services(desired, recreated)
+        self._sync_services(desired, set())
         log.info("attached guest %s to network %s (port %s, %s)", guest, network, att.ifname,
                  att.origin)
         return self.port(network, guest) | {"changes": done}
@@ -437,9 +545,14 @@ class Controller:
         if att is None:
             return {"removed": False, "changes": []}
         desired = self._desired(self.files, [a for a in current if a is not att])
-        done, recreated = self._apply(desired, [network])
+        leaving = self.model.network(network)
+        gone = leaving.guest(guest) if leaving is not None else None
+        if gone is not None and leaving is not None and att.ifname is not None:
+            done = self._apply_guest(self.model, network, gone, add=False)
+        else:
+            done = self._apply(desired, [network])[0]
         self.store.delete(network, guest)  # after the port is gone (see vnet.attachments)
-        self._sync_services(desired, recreated)
+        self._sync_services(desired, set())
         log.info("detached guest %s from network %s", guest, network)
         return {"removed": True, "changes": done}
 
@@ -473,9 +586,11 @@ class Controller:
         if self.options.apply_l2:
             from vnet.reconcile import plan_model
 
-            planned = plan_model(self._desired(self.files), [network],
-                                 policy_dir=self.options.policy_dir,
-                                 state_dir=self.options.state_dir)
+            with self._nft_lock:
+                planned = plan_model(self._desired(self.files), [network],
+                                     policy_dir=self.options.policy_dir,
+                                     state_dir=self.options.state_dir,
+                                     baseline=self.filters.loaded if self.filters else None)
             drift = [a.describe() for a in planned.actions if a.ifname == port["ifname"]]
             if planned.filters is not None and planned.filters.change is not None:
                 drift.append(planned.filters.change)

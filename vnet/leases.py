@@ -78,7 +78,7 @@ def _record(row: tuple[str, str, str, bytes, str | None, float, str]) -> LeaseRe
 
 
 def _query(
-    conn: sqlite3.Connection, network: str | None, active_at: float | None
+    conn: sqlite3.Connection, network: str | None, active_at: float | None, mac: str | None = None
 ) -> list[LeaseRecord]:
     sql = f"SELECT {COLUMNS} FROM leases"
     where: list[str] = []
@@ -86,6 +86,9 @@ def _query(
     if network is not None:
         where.append("network = ?")
         args.append(network)
+    if mac is not None:
+        where.append("mac = ?")
+        args.append(mac)
     if active_at is not None:
         where.append("state = ? AND expires > ?")
         args += [BOUND, active_at]
@@ -203,6 +206,11 @@ class LeaseStore:
         """Bound, unexpired leases (of one network or all), as committed."""
         with self._read_lock:
             return _query(self._reader, network, time.time())
+
+    def active_for(self, network: str, mac: str) -> list[LeaseRecord]:
+        """One client's bound, unexpired leases in ``network``."""
+        with self._read_lock:
+            return _query(self._reader, network, time.time(), mac)
 
     def all_leases(self, network: str | None = None) -> list[LeaseRecord]:
         with self._read_lock:

@@ -1,11 +1,12 @@
 """Link events -> controller intents: vnet's links are put back within a second of a change.
 
 A thread reads the namespace's RTNLGRP_LINK notifications. A link vnet wants (a bridge, a
-port, an uplink) that is deleted or changed, or any link joining one of vnet's bridges,
-queues a ``check`` (coalesced by the controller's worker: a burst costs one plan); a link that
-joins a vnet bridge without being a known port also queues ``port-appeared`` (adoption by MAC
-of a TAP libvirt created, or an unknown port). A lost event (ENOBUFS) queues a full check.
-Events are gathered for ``DEBOUNCE`` seconds first, so vnet's own applies cost one check.
+port, an uplink) that is deleted, or whose last state in a burst differs from what vnet made
+(its mark, master, MTU or admin state), queues a ``check`` (coalesced by the controller's
+worker); vnet's own changes end as wanted and cost nothing. A link that joins a vnet bridge
+without being a known port queues ``port-appeared`` (adoption by MAC of a TAP libvirt
+created, or an unknown port to isolate) and a check. A lost event (ENOBUFS) queues a full
+check. Events are gathered for ``DEBOUNCE`` seconds first.
 Must not change the kernel: it only tells the controller.
 """
 
@@ -18,26 +19,25 @@ import socket
 import threading
 
 from vnet.controller import Controller
-from vnet.host.rtnl import LinkEvents
+from vnet.host.netlink import link_state
+from vnet.host.rtnl import LinkEvents, RawLink
 from vnet.model import Model
+from vnet.plan import LinkSpec, desired_model, drifted
 
 log = logging.getLogger(__name__)
 
 DEBOUNCE = 0.05
 
 
-def _watched(model: Model) -> tuple[set[str], dict[str, str]]:
-    """Names vnet wants, and bridge name -> network."""
-    names: set[str] = set()
-    bridges: dict[str, str] = {}
+def _watched(model: Model) -> tuple[dict[str, LinkSpec], dict[str, str]]:
+    """The links vnet wants (name -> spec), and bridge name -> network."""
+    specs = {s.ifname: s for s in desired_model(model.networks).links}
+    bridges = {net.bridge.name: net.name for net in model.networks if net.bridge is not None}
     for net in model.networks:
-        if net.bridge is not None:
-            names.add(net.bridge.name)
-            bridges[net.bridge.name] = net.name
-        if net.uplink is not None:
-            names.add(net.uplink.device)
-        names.update(g.ifname for g in net.guests)
-    return names, bridges
+        if net.uplink is not None and net.uplink.device not in specs:
+            specs[net.uplink.device] = LinkSpec(ifname=net.uplink.device, kind="", network=net.name,
+                                                role="uplink")
+    return specs, bridges
 
 
 def _name(index_names: dict[int, str], index: int) -> str | None:
@@ -76,6 +76,9 @@ class LinkWatch:
     def _run(self) -> None:
         index_names: dict[int, str] = {}
         told: set[int] = set()  # ports already reported as appeared (once per link)
+        cached_model: Model | None = None
+        specs: dict[str, LinkSpec] = {}
+        bridges: dict[str, str] = {}
         while not self._stop.is_set():
             events_fd = self._events.fileno()
             ready, _, _ = select.select([events_fd, self._wake_r.fileno()], [], [])
@@ -91,27 +94,40 @@ class LinkWatch:
                 self.c.post("check")
                 continue
             model, _ = self.c.snapshot()
-            names, bridges = _watched(model)
+            if model is not cached_model:
+                cached_model, (specs, bridges) = model, _watched(model)
             check = False
+            suspects: set[str] = set()
+            last: dict[str, tuple[str, RawLink]] = {}
             appeared: list[tuple[str, str, str]] = []
-            for kind, ifname, index, master, mac in events:
+            for kind, raw in events:
                 self.counters["events"] += 1
                 if kind == "new":
-                    index_names[index] = ifname
-                bridge = _name(index_names, master) if master else None
-                if ifname in names:
-                    check = True
-                if bridge in bridges:
-                    check = True
-                    if kind == "new" and ifname not in names and mac and index not in told:
-                        told.add(index)
-                        appeared.append((ifname, mac, bridge))
+                    index_names[raw.index] = raw.ifname
+                last[raw.ifname] = (kind, raw)
+            for ifname, (kind, raw) in last.items():
+                bridge = _name(index_names, raw.master) if raw.master else None
+                spec = specs.get(ifname)
+                if spec is not None:
+                    # the last state of the burst: vnet's own changes end as wanted
+                    if kind == "del" or drifted(spec, link_state(raw, index_names)):
+                        suspects.add(ifname)
+                elif bridge in bridges and kind == "new" and raw.index not in told:
+                    told.add(raw.index)
+                    check = True  # an unknown port: its isolation is element changes
+                    if raw.mac:
+                        appeared.append((ifname, raw.mac, bridge))
                 if kind == "del":
-                    index_names.pop(index, None)
-                    told.discard(index)
-            for ifname, mac, bridge in dict.fromkeys(appeared):
+                    index_names.pop(raw.index, None)
+                    told.discard(raw.index)
+            for ifname, mac, bridge in appeared:
                 self.counters["appeared"] += 1
                 self.c.post("port-appeared", ifname=ifname, mac=mac, bridge=bridge)
             if check:
                 self.counters["checks"] += 1
                 self.c.post("check")
+            elif suspects:
+                # the controller looks at these links again when it gets to them (they may be
+                # gone from the model by then) and reconciles their networks only if needed
+                self.counters["checks"] += 1
+                self.c.post("check-links", names=sorted(suspects))

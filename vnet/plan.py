@@ -453,6 +453,18 @@ def _modify_changes(spec: LinkSpec, cur: LinkState) -> tuple[tuple[str, object, 
     return tuple(out)
 
 
+def drifted(spec: LinkSpec, state: LinkState) -> bool:
+    """Whether a link vnet wants differs from what vnet made in what someone else would change
+    (its mark, master, MTU, admin state): the cheap test of a link event; a plan finds all."""
+    if spec.role == "uplink":
+        return False  # not vnet's: only its disappearance matters
+    if state.owner_network != spec.network or not state.up:
+        return True
+    if spec.master is not None and state.master != spec.master:
+        return True
+    return spec.mtu is not None and state.mtu != spec.mtu
+
+
 def restrict(desired: Desired, networks: Sequence[str]) -> Desired:
     keep = set(networks)
     return replace(

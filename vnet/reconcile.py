@@ -20,6 +20,8 @@ from vnet.errors import CapabilityError, ConflictError, HostError
 from vnet.host import caps, netlink
 from vnet.model import Mode, Model, Network, PortKind
 from vnet.plan import Action, Observed, PlanConflict, desired_model, plan, plan_down, restrict
+from vnet.policy.compile import Compiled
+from vnet.policy.loaded import Loaded
 
 RULESET_STAMP = "nftables.json"  # the document last loaded, in the state dir
 HANDOFF_SYSCTLS = {"ip": "net.bridge.bridge-nf-call-iptables", "ip6": "net.bridge.bridge-nf-call-ip6tables"}
@@ -79,6 +81,7 @@ class FilterPlan:
     stamp: Path | None  # where the last loaded document is kept
     change: str | None  # what apply would do, or None when the kernel already has it
     elements: list[Any] | None = None  # set/map element changes instead of a replacement
+    compiled: Compiled | None = None  # the compiler's state for ``document`` (port ids, ...)
 
     def describe(self) -> str:
         return self.change or "no changes"
@@ -115,14 +118,14 @@ def _handoff() -> frozenset[str]:
     return frozenset(fam for fam, key in HANDOFF_SYSCTLS.items() if values.get(key) == "1")
 
 
-def _loaded_document(stamp: Path | None) -> dict[str, Any] | None:
+def _loaded(stamp: Path | None) -> Loaded | None:
     if stamp is None or not stamp.exists():
         return None
     try:
         doc = json.loads(stamp.read_text())
     except (OSError, ValueError):
         return None  # unreadable: replace the tables
-    return doc if isinstance(doc, dict) else None
+    return Loaded.of(doc) if isinstance(doc, dict) else None
 
 
 def unknown_ports(model: Model, observed: Observed) -> dict[str, list[str]]:
@@ -144,15 +147,18 @@ def unknown_ports(model: Model, observed: Observed) -> dict[str, list[str]]:
 
 
 def plan_filters(model: Model, policy_dir: Path | None, state_dir: Path | None,
-                 unknown: dict[str, list[str]] | None = None) -> FilterPlan:
-    """Compile vnet's nftables tables for ``model`` and compare with the last loaded document.
+                 unknown: dict[str, list[str]] | None = None,
+                 baseline: Loaded | None = None) -> FilterPlan:
+    """Compile vnet's nftables tables for ``model`` and compare with what is loaded.
 
-    The same structure (tables, chains, rules, sets) with other elements -- a guest added or
+    ``baseline``: what the caller knows it loaded (the daemon keeps it in memory); without it,
+    the document last loaded (``STATE_DIR/nftables.json``, written by whoever loaded it). The
+    same structure (tables, chains, rules, sets) with other elements -- a guest added or
     removed, a reservation changed -- is loaded as element changes; anything else replaces the
     tables in one transaction. The kernel is asked only whether vnet's own tables exist.
     """
     from vnet.host import nft
-    from vnet.policy import compile_ruleset, element_changes, load_library
+    from vnet.policy import compile_state, load_library
 
     filtered = [n for n in model.networks if n.mode != Mode.OPEN]
     stamp = state_dir / RULESET_STAMP if state_dir is not None else None
@@ -160,21 +166,21 @@ def plan_filters(model: Model, policy_dir: Path | None, state_dir: Path | None,
     if not filtered:
         return FilterPlan(None, stamp, "delete nftables tables bridge vnet, inet vnet" if present else None)
     library = load_library(policy_dir if policy_dir is not None and policy_dir.is_dir() else None)
-    compiled = compile_ruleset(replace(model, networks=tuple(filtered)), library, _leases(state_dir),
-                               handoff=_handoff(), unknown=unknown)
-    doc: dict[str, Any] = json.loads(json.dumps(compiled))  # as it is stored: plain JSON
+    compiled = compile_state(replace(model, networks=tuple(filtered)), library, _leases(state_dir),
+                             handoff=_handoff(), unknown=unknown)
+    doc: dict[str, Any] = json.loads(json.dumps(compiled.document()))  # plain JSON, as stored
     complete = present == {family for family, _ in nft.TABLES}
-    old = _loaded_document(stamp) if complete else None
-    if old == doc:
-        return FilterPlan(doc, stamp, None)
+    old = (baseline if baseline is not None else _loaded(stamp)) if complete else None
     names = ", ".join(n.name for n in filtered)
-    changes = element_changes(old, doc) if old is not None else None
+    changes = old.changes_to(doc) if old is not None else None
+    if changes == []:
+        return FilterPlan(doc, stamp, None, compiled=compiled)
     if changes is not None:
         return FilterPlan(doc, stamp, f"update nftables elements ({len(changes)} changes, networks {names})",
-                          elements=changes)
+                          elements=changes, compiled=compiled)
     rules = sum(1 for c in doc.get("nftables", []) if isinstance(c, dict) and "rule" in c.get("add", {}))
     return FilterPlan(doc, stamp, f"replace nftables tables bridge vnet, inet vnet ({rules} rules, "
-                                  f"networks {names})")
+                                  f"networks {names})", compiled=compiled)
 
 
 def apply_filter_plan(fp: FilterPlan) -> list[str]:
@@ -188,19 +194,31 @@ def apply_filter_plan(fp: FilterPlan) -> list[str]:
             fp.stamp.unlink(missing_ok=True)
         return [fp.change]
     if fp.elements is not None:
-        nft.update_elements(fp.elements)
+        try:
+            nft.update_elements(fp.elements)
+        except nft.NftError:
+            # The baseline was stale (a daemon killed after changes it had not written down):
+            # load the whole document instead, in one transaction as always.
+            nft.replace(fp.document)
     else:
         nft.replace(fp.document)
-    if fp.stamp is not None:
-        fp.stamp.parent.mkdir(parents=True, exist_ok=True)
-        tmp = fp.stamp.with_suffix(".tmp")
-        tmp.write_text(json.dumps(fp.document, sort_keys=True))
-        tmp.replace(fp.stamp)
+    write_stamp(fp.stamp, fp.document)
     return [fp.change]
 
 
+def write_stamp(stamp: Path | None, document: dict[str, Any]) -> None:
+    """Record the document now loaded (for ``vnet apply`` without a daemon, and restarts)."""
+    if stamp is None:
+        return
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    tmp = stamp.with_suffix(".tmp")
+    tmp.write_text(json.dumps(document, sort_keys=True))
+    tmp.replace(stamp)
+
+
 def plan_model(model: Model, names: Sequence[str] | None = None, *, policy_dir: Path | None = None,
-               state_dir: Path | None = None, filters: bool = True) -> Planned:
+               state_dir: Path | None = None, filters: bool = True,
+               baseline: Loaded | None = None) -> Planned:
     nets = select(model, names)
     desired = desired_model(nets)
     if names:
@@ -211,7 +229,8 @@ def plan_model(model: Model, names: Sequence[str] | None = None, *, policy_dir: 
         actions = plan(desired, observed, scope=[n.name for n in nets] if names else None)
     except PlanConflict as err:
         raise ConflictError(str(err)) from err
-    fp = plan_filters(model, policy_dir, state_dir, unknown_ports(model, observed)) if filters else None
+    fp = plan_filters(model, policy_dir, state_dir, unknown_ports(model, observed),
+                      baseline) if filters else None
     return Planned(actions, observed, fp)
 
 

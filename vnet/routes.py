@@ -85,6 +85,7 @@ class Api:
         r.add("DELETE", f"{API}/networks/{{network}}/guests/{{guest}}", self.guest_del)
         r.add("GET", f"{API}/networks/{{network}}/guests/{{guest}}/check", self.guest_check)
         r.add("GET", f"{API}/leases", self.leases)
+        r.add("GET", f"{API}/plan", self.plan)
         r.add("POST", f"{API}/reload", self.reload)
         r.add("POST", f"{API}/gc", self.gc)
         r.add("POST", f"{API}/hooks/qemu", self.hook_qemu)
@@ -184,6 +185,9 @@ class Api:
     def guest_del(self, req: Request) -> Response:
         return Response.json(self.c.submit("detach", network=req.params["network"],
                                            guest=req.params["guest"]))
+
+    def plan(self, req: Request) -> Response:
+        return Response.json(self.c.submit("plan", networks=req.query.get("network", [])))
 
     def reload(self, _req: Request) -> Response:
         return Response.json(self.c.submit("reload", timeout=120.0))

@@ -83,7 +83,7 @@ def test_a_deleted_bridge_is_put_back_and_dhcp_follows_it(lab: tuple[DhcpLab, st
 
 
 def test_guests_come_and_go_without_restarting_services(lab: tuple[DhcpLab, str]) -> None:
-    env, guest = lab
+    env, _guest = lab
     env.start_daemon()
     dhcp_before = env.status()["networks"]["lab"]["dhcp"]  # type: ignore[index]
     handles = rule_handles(env.host)
@@ -137,7 +137,8 @@ def test_a_tap_libvirt_makes_on_the_bridge_is_adopted_by_mac(lab: tuple[DhcpLab,
     env.start_daemon()
     pending = api.call(env.run_dir, "POST", "/v1/hooks/libvirt", {
         "argv": ["vm5", "prepare", "begin", "-"],
-        "xml": "<domain type='qemu'><name>vm5</name><uuid>5d1d0f4e-1b2c-4d3e-8f90-0a1b2c3d4e5f</uuid><devices><interface type='bridge'>"
+        "xml": "<domain type='qemu'><name>vm5</name><uuid>5d1d0f4e-1b2c-4d3e-8f90-0a1b2c3d4e5f</uuid>"
+               "<devices><interface type='bridge'>"
                "<mac address='52:54:00:00:0c:55'/><source bridge='vn-lab'/>"
                "<model type='virtio'/></interface></devices></domain>"})
     assert pending["ports"][0]["pending"] is True
@@ -151,7 +152,8 @@ def test_a_tap_libvirt_makes_on_the_bridge_is_adopted_by_mac(lab: tuple[DhcpLab,
     assert (port["ifname"], port["mac"], port["origin"]) == ("vnet7", "52:54:00:00:0c:55", "libvirt")
     released = api.call(env.run_dir, "POST", "/v1/hooks/libvirt", {
         "argv": ["vm5", "release", "end", "destroyed"],
-        "xml": "<domain type='qemu'><name>vm5</name><uuid>5d1d0f4e-1b2c-4d3e-8f90-0a1b2c3d4e5f</uuid><devices><interface type='bridge'>"
+        "xml": "<domain type='qemu'><name>vm5</name><uuid>5d1d0f4e-1b2c-4d3e-8f90-0a1b2c3d4e5f</uuid>"
+               "<devices><interface type='bridge'>"
                "<mac address='52:54:00:00:0c:55'/><source bridge='vn-lab'/>"
                "<target dev='vnet7'/></interface></devices></domain>"})
     assert released["ports"][0]["removed"] is True

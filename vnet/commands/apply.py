@@ -1,10 +1,15 @@
-"""``vnet apply [NET...]``: make the host match the definitions; prints what it did."""
+"""``vnet apply [NET...]``: make the host match the definitions; prints what it did.
+
+With a daemon running on the run dir, the daemon does it (``POST /v1/reload``: every network),
+so its tables, ports and services stay one consistent state.
+"""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
+from vnet import api
 from vnet.commands._common import model_of, print_json
 from vnet.reconcile import apply_model
 
@@ -17,7 +22,14 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    done = apply_model(model_of(args), args.networks, policy_dir=args.policy_dir, state_dir=args.state_dir)
+    from vnet.commands.status import daemon_status
+
+    if daemon_status(args.run_dir) is not None:
+        # One path for every change: the daemon applies (it owns the tables and the ports).
+        done = api.call(args.run_dir, "POST", "/v1/reload", timeout=120)["changes"]
+    else:
+        done = apply_model(model_of(args), args.networks, policy_dir=args.policy_dir,
+                           state_dir=args.state_dir)
     if args.json:
         print_json(done)
     elif not done:

@@ -145,22 +145,49 @@ def observe(with_vlans: bool = False, addresses_of: Sequence[str] | None = None)
     return Observed(links=tuple(out), sysctls=read_sysctls())
 
 
+def observe_links(names: Sequence[str]) -> Observed:
+    """Only the named links (for one guest: its port and its bridge), without their addresses
+    or VLANs: what a per-guest change needs, in one round trip instead of a full dump."""
+    try:
+        with Rtnl() as rtnl:
+            raws = rtnl.get_links(names)
+    except OSError as err:
+        raise HostError(f"cannot read links {', '.join(names)}: {err.strerror or err}") from err
+    index = {r.index: r.ifname for r in raws}
+    return Observed(links=tuple(_link_state(r, index) for r in raws))
+
+
+def link_state(raw: RawLink, names: dict[int, str]) -> LinkState:
+    """A raw link (from a dump or an event) as the planner sees it."""
+    return _link_state(raw, names)
+
+
 class _Host:
     """State of one apply run: sockets and a name -> index cache refreshed on demand."""
 
-    def __init__(self, undo: Undo) -> None:
-        self.ipr = _iproute()
+    def __init__(self, undo: Undo, observed: Observed | None = None) -> None:
+        self._ipr: IPRoute | None = None
         self.rtnl = Rtnl()
         self.undo: Undo = undo
-        self._index: dict[str, int] = {}
+        self._index: dict[str, int] = {
+            link.ifname: link.index for link in (observed.links if observed else ()) if link.index}
+
+    @property
+    def ipr(self) -> IPRoute:
+        """pyroute2, opened on first use (a TAP attach needs none of it)."""
+        if self._ipr is None:
+            self._ipr = _iproute()
+        return self._ipr
 
     def close(self) -> None:
-        self.ipr.close()
+        if self._ipr is not None:
+            self._ipr.close()
         self.rtnl.close()
 
     def index(self, ifname: str) -> int:
         if ifname not in self._index:
-            self._index = {r.ifname: r.index for r in self.rtnl.dump_links()}
+            for raw in self.rtnl.get_links([ifname]):  # one link, not a dump
+                self._index[raw.ifname] = raw.index
         try:
             return self._index[ifname]
         except KeyError:
@@ -205,7 +232,7 @@ def apply_actions(actions: Sequence[Action], undo: Undo,
 
     ``undo(fn)`` is called with the inverse of each step right after it succeeded.
     """
-    host = _Host(undo)
+    host = _Host(undo, observed)
     done: list[str] = []
     try:
         i = 0
@@ -528,4 +555,4 @@ _APPLY: dict[str, Callable[[_Host, Action], None]] = {
     "sysctl": _sysctl,
 }
 
-__all__ = ["NetlinkError", "apply_actions", "observe", "read_sysctls"]
+__all__ = ["NetlinkError", "apply_actions", "link_state", "observe", "observe_links", "read_sysctls"]

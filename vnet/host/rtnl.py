@@ -256,6 +256,37 @@ class Rtnl:
             raise NetlinkError(code, 0, self.details.get(0, ""))
 
 
+    def get_links(self, names: Iterable[str]) -> list[RawLink]:
+        """The links with these names (pipelined RTM_GETLINK by name); missing ones are left out."""
+        wanted = list(names)
+        first = self._seq + 1
+        for name in wanted:
+            self._seq += 1
+            body = (_IFI.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _attr(IFLA_IFNAME, name.encode() + b"\0")
+                    + _attr(IFLA_EXT_MASK, _U32.pack(0)))
+            self.sock.send(_HDR.pack(_HDR.size + len(body), RTM_GETLINK, NLM_F_REQUEST, self._seq, 0)
+                           + body)
+        out: list[RawLink] = []
+        answered = 0
+        while answered < len(wanted):
+            data = self.sock.recv(1 << 20)
+            off = 0
+            while off + _HDR.size <= len(data):
+                length, msg_type, _flags, seq, _pid = _HDR.unpack_from(data, off)
+                if length < _HDR.size:
+                    raise NetlinkError(errno.EPROTO, 0)
+                if first <= seq <= self._seq:
+                    if msg_type == RTM_NEWLINK:
+                        out.append(_parse_link(data, off + _HDR.size, off + length))
+                        answered += 1
+                    elif msg_type == NLMSG_ERROR:
+                        code = -struct.unpack_from("=i", data, off + _HDR.size)[0]
+                        if code not in (0, errno.ENODEV):
+                            raise NetlinkError(code, seq - first)
+                        answered += 1
+                off += (length + 3) & ~3
+        return out
+
     # -- dumps -------------------------------------------------------------------------------
     def dump_links(self) -> list[RawLink]:
         body = _IFI.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _attr(IFLA_EXT_MASK, _U32.pack(0))
@@ -381,8 +412,8 @@ def _ack_message(data: bytes, off: int, length: int, flags: int) -> str:
 class LinkEvents:
     """Link change notifications (RTNLGRP_LINK) of this network namespace.
 
-    ``read()`` returns the (event, ifname, index, master, mac) tuples queued now, or None when
-    the socket overflowed (ENOBUFS: events were lost, the caller must resync in full).
+    ``read()`` returns the ("new" | "del", RawLink) pairs queued now, or None when the socket
+    overflowed (ENOBUFS: events were lost, the caller must resync in full).
     """
 
     def __init__(self) -> None:
@@ -397,9 +428,9 @@ class LinkEvents:
     def close(self) -> None:
         self.sock.close()
 
-    def read(self) -> list[tuple[str, str, int, int, str | None]] | None:
+    def read(self) -> list[tuple[str, RawLink]] | None:
         """Everything queued now (non-blocking); None after an overflow."""
-        out: list[tuple[str, str, int, int, str | None]] = []
+        out: list[tuple[str, RawLink]] = []
         while True:
             try:
                 data = self.sock.recv(1 << 20, socket.MSG_DONTWAIT)
@@ -417,5 +448,5 @@ class LinkEvents:
                 if msg_type in (RTM_NEWLINK, RTM_DELLINK):
                     link = _parse_link(data, off + _HDR.size, off + length)
                     kind = "new" if msg_type == RTM_NEWLINK else "del"
-                    out.append((kind, link.ifname, link.index, link.master, link.mac))
+                    out.append((kind, link))
                 off += (length + 3) & ~3

@@ -666,8 +666,8 @@ def compile_state(
                 elem("bridge", "unknown", ifname)
         macs: set[str] = set()
         for guest in net.guests:
-            elem("bridge", "ports", guest.ifname)
-            elem("bridge", "port_macs", nj.concat(guest.ifname, guest.mac))
+            for fam, name, value in guest_elements(guest):
+                elem(fam, name, value)
             names = (*net.policies, *guest.policies)
             if not names:
                 if guest_set is not None and guest.mac not in macs:
@@ -842,44 +842,21 @@ def element_changes(old: nj.Json, new: nj.Json) -> list[nj.Command] | None:
     tables, sets, chains or rules differ (then ``new`` must replace ``old``). For ``vnet apply``:
     adding or removing a guest whose policy list is already in use, or a changed reservation,
     becomes a few element changes instead of a new ruleset."""
-    import json
+    from vnet.policy.loaded import Loaded
 
-    def split(doc: nj.Json) -> tuple[list[nj.Command], dict[tuple[str, str], dict[str, nj.Json]]]:
-        structure: list[nj.Command] = []
-        elems: dict[tuple[str, str], dict[str, nj.Json]] = {}
-        for command in doc.get("nftables", []):
-            body = command.get("add", {}).get("element") if isinstance(command, dict) else None
-            if body is None:
-                if isinstance(command, dict) and "add" in command:
-                    obj = next(iter(command["add"].values()))
-                    if isinstance(obj, dict) and "elem" in obj:  # a set declared with elements
-                        key = (obj["family"], obj["name"])
-                        elems.setdefault(key, {}).update(
-                            (json.dumps(e, sort_keys=True), e) for e in obj["elem"])
-                        obj = {k: v for k, v in obj.items() if k != "elem"}
-                        command = {"add": {next(iter(command["add"])): obj}}
-                structure.append(command)
-                continue
-            key = (body["family"], body["name"])
-            elems.setdefault(key, {}).update(
-                (json.dumps(e, sort_keys=True), e) for e in body["elem"])
-        return structure, elems
+    return Loaded.of(old).changes_to(new)
 
-    old_structure, old_elems = split(old)
-    new_structure, new_elems = split(new)
-    if old_structure != new_structure:
-        return None
-    deletes: list[nj.Command] = []
-    adds: list[nj.Command] = []
-    for key in sorted(set(old_elems) | set(new_elems)):
-        before, after = old_elems.get(key, {}), new_elems.get(key, {})
-        gone = [before[k] for k in sorted(before.keys() - after.keys())]
-        came = [after[k] for k in sorted(after.keys() - before.keys())]
-        fam, name = key
-        if gone:
-            # maps are deleted by key: a changed value is a delete and an add
-            keys = [e[0] if isinstance(e, list) else e for e in gone]
-            deletes.append(nj.delete(nj.element(fam, TABLE, name, keys)))
-        if came:
-            adds.append(nj.add(nj.element(fam, TABLE, name, came)))
-    return deletes + adds
+
+def guest_elements(guest: Guest) -> list[tuple[str, str, nj.Json]]:
+    """The elements every guest port has, filtered or not (``ports``, ``port_macs``)."""
+    return [("bridge", "ports", guest.ifname),
+            ("bridge", "port_macs", nj.concat(guest.ifname, guest.mac))]
+
+
+def guest_commands(guest: Guest, port: Port | None, *, add: bool) -> list[nj.Command]:
+    """Element changes adding (or removing) one guest whose profile chains exist: its port
+    entries, and its filter bindings when it is filtered (``port``, from ``new_port``)."""
+    items = list(guest_elements(guest))
+    if port is not None:
+        items += list(_port_elements(port))
+    return _element_commands("add" if add else "delete", items)

@@ -8,11 +8,14 @@ released them.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from vnet.events import EventBus
+
+Elements = Callable[[Sequence[Any]], None]
 
 
 @dataclass(frozen=True)
@@ -20,6 +23,9 @@ class ServiceContext:
     state_dir: Path
     run_dir: Path
     events: EventBus
+    # How services change set/map elements of vnet's tables. The daemon passes its own, which
+    # also records the change in what it knows is loaded (one owner of the filter state).
+    nft_elements: Elements | None = None
 
 
 class Service(Protocol):

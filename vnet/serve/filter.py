@@ -175,4 +175,6 @@ def create(network: Network, ctx: ServiceContext) -> Service | None:
     for (net, mac), ips in leases.items():
         if net == network.name:
             initial[mac] = set(ips)
+    if ctx.nft_elements is not None:
+        return FilterService(network, ctx.events, initial=initial, apply=ctx.nft_elements)
     return FilterService(network, ctx.events, initial=initial)
