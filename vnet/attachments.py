@@ -5,7 +5,7 @@ durability as leases: ``put`` and ``delete`` return once the change is on disk, 
 attachment a caller was told about survives ``kill -9``. The daemon writes an attachment
 BEFORE it makes the port, and deletes it AFTER the port is gone: after a crash at any moment,
 the next start's reconcile (files + attachments) creates or removes what is left over.
-``read_attachments`` reads without a daemon (``vnet guest list`` when none runs).
+``read_attachments`` reads without a daemon (``vnet plan``/``apply``/``status`` when none runs).
 """
 
 from __future__ import annotations
@@ -57,29 +57,27 @@ class AttachmentStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute(SCHEMA)
+            rows = self._db.execute(f"SELECT {COLUMNS} FROM attachments").fetchall()
         except sqlite3.Error as err:
             raise HostError(f"cannot open the attachment store {self.path}: {err}") from err
         self._lock = threading.Lock()
+        # The store is the only writer: its rows are also held here, written through, so a
+        # read costs no query (the controller reads them on every guest change).
+        self._rows: dict[tuple[str, str], Attachment] = {
+            (a.network, a.guest): a for a in map(_attachment, rows)}
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
     def all(self, network: str | None = None) -> list[Attachment]:
-        query = f"SELECT {COLUMNS} FROM attachments"
-        args: tuple[str, ...] = ()
-        if network is not None:
-            query += " WHERE network = ?"
-            args = (network,)
         with self._lock:
-            rows = self._db.execute(query + " ORDER BY network, guest", args).fetchall()
-        return [_attachment(r) for r in rows]
+            rows = [a for a in self._rows.values() if network is None or a.network == network]
+        return sorted(rows, key=lambda a: (a.network, a.guest))
 
     def get(self, network: str, guest: str) -> Attachment | None:
         with self._lock:
-            row = self._db.execute(f"SELECT {COLUMNS} FROM attachments WHERE network = ? AND "
-                                   "guest = ?", (network, guest)).fetchone()
-        return _attachment(row) if row else None
+            return self._rows.get((network, guest))
 
     def put(self, att: Attachment) -> None:
         """Insert or replace (same network and guest); durable when it returns."""
@@ -87,6 +85,7 @@ class AttachmentStore:
             with self._lock:
                 self._db.execute(f"INSERT OR REPLACE INTO attachments ({COLUMNS}) VALUES "
                                  "(?,?,?,?,?,?,?,?)", _row(att))
+                self._rows[(att.network, att.guest)] = att
         except sqlite3.Error as err:
             raise HostError(f"cannot record attachment of guest {att.guest!r}: {err}") from err
 
@@ -96,6 +95,7 @@ class AttachmentStore:
             with self._lock:
                 cur = self._db.execute("DELETE FROM attachments WHERE network = ? AND guest = ?",
                                        (network, guest))
+                self._rows.pop((network, guest), None)
         except sqlite3.Error as err:
             raise HostError(f"cannot remove attachment of guest {guest!r}: {err}") from err
         return cur.rowcount > 0

@@ -15,6 +15,7 @@ and restarts nothing. Must not parse requests (``vnet.routes`` does) or touch so
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -36,7 +37,9 @@ from vnet.serve import Service, ServiceContext
 
 log = logging.getLogger(__name__)
 
-CHECK_EVERY = 10.0  # seconds between drift checks (link events trigger one at once)
+CHECK_EVERY = 30.0  # seconds between full drift checks (link events trigger targeted ones)
+REAP_AFTER = 0.5  # idle seconds before detached ports are deleted (in one call)
+REAP_WITHIN = 10.0  # ... and at most this long after the first of them
 COALESCED = ("reload", "check")
 
 
@@ -122,6 +125,11 @@ class Controller:
         # The filter state, one owner: what the compiler assigned and what the tables hold.
         # The worker and the filter service (lease bindings) change it under _nft_lock.
         self.filters: FilterMemory | None = None
+        self._graves = threading.Event()  # set: buried links wait for deletion
+        self._last_intent = 0.0
+        self._surveyor: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._reaper: threading.Thread | None = None
         self._nft_lock = threading.Lock()
         self._stamp_dirty = False
 
@@ -135,6 +143,8 @@ class Controller:
         self._reload()
         self._thread = threading.Thread(target=self._work, name="vnet-reconcile", daemon=True)
         self._thread.start()
+        self._reaper = threading.Thread(target=self._reap, name="vnet-reaper", daemon=True)
+        self._reaper.start()
 
     def stop(self) -> None:
         """Finish the intent in hand, stop services. The data plane stays as it is."""
@@ -142,6 +152,11 @@ class Controller:
             self._queue.put(None)
             self._thread.join(timeout=30)
             self._thread = None
+        self._stopping.set()
+        self._graves.set()
+        if self._reaper is not None:
+            self._reaper.join(timeout=30)
+            self._reaper = None
         with self.lock:
             for name in list(self.services):
                 self._stop_services(name)
@@ -171,7 +186,9 @@ class Controller:
             try:
                 first = self._queue.get(timeout=wait)
             except queue.Empty:
-                first = _Intent("check", {})
+                self._next_check = time.monotonic() + CHECK_EVERY
+                self._start_survey()
+                continue
             if first is None:
                 return
             batch = [first]
@@ -203,6 +220,7 @@ class Controller:
                 intent.future.set_exception(value)
 
     def _run(self, intent: _Intent) -> tuple[bool, Any]:
+        self._last_intent = time.monotonic()
         handler = self._handlers.get(intent.kind)
         if handler is None:
             return False, BadRequest(f"unknown intent {intent.kind!r}")
@@ -225,6 +243,56 @@ class Controller:
             self.counters["reconciles"] += 1
             self.reconcile_latency.observe(time.monotonic() - began)
         return True, result
+
+    def _start_survey(self) -> None:
+        """The periodic check, planned off the worker: the plan of the whole host (a dump of
+        every link, a compile of the ruleset) costs ~0.1 s at 1,000 guests, which guest
+        changes should not wait for. Only drift found is queued, as a check the worker plans
+        again (so a change made meanwhile is no false drift)."""
+        if self._surveyor is not None and self._surveyor.is_alive():
+            return
+        self._surveyor = threading.Thread(target=self._survey, name="vnet-survey", daemon=True)
+        self._surveyor.start()
+
+    def _survey(self) -> None:
+        from vnet.reconcile import plan_model
+
+        self._log_mac_mismatches()
+        self._write_stamp()
+        if not self.options.apply_l2:
+            return
+        with self._nft_lock:
+            baseline = self.filters.loaded.copy() if self.filters else None
+        try:
+            lines = plan_model(self._desired(self.files), None, policy_dir=self.options.policy_dir,
+                               state_dir=self.options.state_dir, baseline=baseline).lines
+        except VnetError as err:
+            log.warning("periodic check failed: %s", err)
+            return
+        if lines:
+            self.post("check")
+
+    def _reap(self) -> None:
+        """Delete buried ports in batches (one kernel call per batch, off the worker)."""
+        from vnet.host.netlink import reap_graves
+
+        while not self._stopping.is_set():
+            self._graves.wait()
+            since = time.monotonic()
+            # Deleting holds the kernel's rtnl lock (~16 ms and more per batch): wait until the
+            # worker has been idle for REAP_AFTER, at most REAP_WITHIN, so bursts of guest
+            # changes do not queue behind it.
+            while not self._stopping.wait(REAP_AFTER):
+                idle = time.monotonic() - self._last_intent >= REAP_AFTER
+                if idle or time.monotonic() - since >= REAP_WITHIN:
+                    break
+            self._graves.clear()
+            try:
+                reap_graves()
+            except VnetError as err:
+                log.warning("deleting detached ports failed (a reconcile will): %s", err)
+        with contextlib.suppress(VnetError):
+            reap_graves()
 
     # ----- desired state and the kernel -----
 
@@ -327,6 +395,8 @@ class Controller:
             if done is not None:
                 self._stamp_dirty = True
                 self.nft_latency.observe(time.monotonic() - began)
+                if not add:
+                    self._graves.set()
         if done is None:
             return self._apply(desired, [network])[0]
         for line in done:
@@ -388,11 +458,13 @@ class Controller:
     # ----- intents -----
 
     def _reload(self) -> dict[str, Any]:
+        self._log_mac_mismatches()
         files = self._load_files()
         desired = self._desired(files)
         done, recreated = self._apply(desired, None)
         self._sync_services(desired, recreated)
         self.files = files
+        self._graves.set()  # links a killed daemon took out of service: delete them
         log.info("reloaded: %d networks, %d attachments", len(files.networks),
                  sum(1 for _ in self.store.all()))
         return {"changes": done}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import gc
 import logging
 import os
 import select
@@ -144,6 +145,10 @@ class Daemon:
         self.controller.start()
         if self.linkwatch is not None:
             self.linkwatch.start()
+        # What start built (modules, the model, compiled rules) lives as long as the daemon:
+        # keep it out of the cyclic collector, whose full passes over it cost guest changes
+        # up to ~0.1 s at 1,000 guests.
+        gc.freeze()
         self.api.start()
 
     def reload(self) -> None:

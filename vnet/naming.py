@@ -52,3 +52,15 @@ def parse_alias(text: str | None) -> tuple[str, str, str | None] | None:
     if len(parts) < 2:
         return None
     return parts[0], parts[1], parts[2] if len(parts) == 3 else None
+
+
+# Links taken out of service, waiting to be deleted in one batch (``vnet.guestpath``): their
+# own group (outside the networks' 0x76xxxxxx range) and an alias of network "-" (no network
+# has that name, so any reconcile also removes them as orphans).
+GRAVE_GROUP = 0x7500_0001
+GRAVE_ALIAS = ALIAS_PREFIX + "-:grave"
+
+
+def grave_name(index: int) -> str:
+    """A free name for a link being buried: unique per ifindex."""
+    return f"vnd{index:08x}"

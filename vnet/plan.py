@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from vnet.model import Mode, Network, PortKind, PortVlan
-from vnet.naming import alias, link_group, parse_alias
+from vnet.naming import GRAVE_ALIAS, alias, link_group, parse_alias
 
 # Creation order of kinds: a link's parent always has a lower rank.
 _RANK = {"bond": 0, "vlan": 1, "bridge": 2, "tap": 3, "macvtap": 3, "veth": 3}
@@ -351,6 +351,7 @@ def plan(desired: Desired, observed: Observed, scope: Sequence[str] | None = Non
         Action("delete", link.ifname, link.owner_network or "", link.kind, old=link)
         for link in observed.links
         if link.owner_network is not None
+        and link.alias != GRAVE_ALIAS  # out of service already: reaped in one call
         and link.ifname not in wanted
         and (scope is None or link.owner_network in scope)
     ]

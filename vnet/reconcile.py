@@ -244,7 +244,9 @@ def apply_model(model: Model, names: Sequence[str] | None = None, *, policy_dir:
     nets = select(model, names)
     check_capabilities(nets)
     planned = plan_model(model, names, policy_dir=policy_dir, state_dir=state_dir, filters=filters)
-    return apply_planned(planned)
+    done = apply_planned(planned)
+    netlink.reap_graves()  # ports a daemon took out of service and did not delete yet
+    return done
 
 
 def apply_planned(planned: Planned) -> list[str]:
@@ -266,6 +268,7 @@ def down(names: Sequence[str], model: Model | None = None, *, policy_dir: Path |
     With ``model``, the tables are recompiled for the networks that remain; without it (the
     definitions cannot be read) vnet's tables are removed only when every network goes down.
     """
+    netlink.reap_graves()
     observed = netlink.observe()
     actions = plan_down(observed, names)
     done: list[str] = []
@@ -282,4 +285,4 @@ def down(names: Sequence[str], model: Model | None = None, *, policy_dir: Path |
 
 
 def owned_networks(observed: Observed) -> list[str]:
-    return sorted({n for link in observed.links if (n := link.owner_network)})
+    return sorted({n for link in observed.links if (n := link.owner_network) and n != "-"})

@@ -19,6 +19,7 @@ from vnet.errors import ConflictError, HostError
 from vnet.host import tap as taps
 from vnet.host.rtnl import NetlinkError, RawLink, Rtnl
 from vnet.model import BOND_MODES, PortVlan
+from vnet.naming import GRAVE_ALIAS, GRAVE_GROUP, grave_name
 from vnet.plan import Action, LinkSpec, LinkState, Observed
 
 MACVTAP_MODES = {1: "private", 2: "vepa", 4: "bridge", 8: "passthrough"}
@@ -157,6 +158,22 @@ def observe_links(names: Sequence[str]) -> Observed:
     return Observed(links=tuple(_link_state(r, index) for r in raws))
 
 
+def bury(link: LinkState) -> None:
+    """Take a port out of service now and leave its deletion to ``reap_graves``: down, off its
+    bridge, renamed (its name is free again at once) and moved to the grave group."""
+    with Rtnl() as rtnl, _errors(f"take {link.ifname!r} out of service"):
+        rtnl.request(*Rtnl.bury_message(link.index, grave_name(link.index), GRAVE_GROUP,
+                                        GRAVE_ALIAS))
+
+
+def reap_graves() -> None:
+    """Delete every buried link in one kernel call (a group delete costs about one delete)."""
+    with Rtnl() as rtnl:
+        code = rtnl.request_many([Rtnl.delgroup_message(GRAVE_GROUP)])[0]
+    if code and code != errno.ENODEV:
+        raise HostError(f"cannot delete buried links: {_strerror(code)}")
+
+
 def link_state(raw: RawLink, names: dict[int, str]) -> LinkState:
     """A raw link (from a dump or an event) as the planner sees it."""
     return _link_state(raw, names)
@@ -275,6 +292,8 @@ def _finish_links(host: _Host, specs: Sequence[LinkSpec]) -> None:
         if code:
             where = f" to {s.master!r}" if s.master else ""
             detail = host.rtnl.details.get(i)
+            if code == errno.EXFULL and s.master:
+                detail = "a Linux bridge holds at most 1,024 ports"
             raise HostError(f"cannot attach {s.kind} {s.ifname!r}{where} (network "
                             f"{s.network!r}): {_strerror(code)}" + (f" ({detail})" if detail else ""))
 
@@ -555,4 +574,5 @@ _APPLY: dict[str, Callable[[_Host, Action], None]] = {
     "sysctl": _sysctl,
 }
 
-__all__ = ["NetlinkError", "apply_actions", "link_state", "observe", "observe_links", "read_sysctls"]
+__all__ = ["NetlinkError", "apply_actions", "bury", "link_state", "observe", "observe_links", "read_sysctls",
+           "reap_graves"]

@@ -179,6 +179,17 @@ class Rtnl:
         )
 
     @staticmethod
+    def bury_message(index: int, new_name: str, group: int, alias: str) -> tuple[int, bytes]:
+        """RTM_NEWLINK that takes a link out of service at once: down, off its bridge, renamed
+        and put in ``group`` (deleting it costs the kernel ~16 ms; a group goes in one call)."""
+        body = _IFI.pack(socket.AF_UNSPEC, 0, index, 0, IFF_UP)
+        body += _attr(IFLA_IFNAME, new_name.encode() + b"\0")
+        body += _attr(IFLA_MASTER, _U32.pack(0))
+        body += _attr(IFLA_GROUP, _U32.pack(group))
+        body += _attr(IFLA_IFALIAS, alias.encode() + b"\0")
+        return RTM_NEWLINK, body
+
+    @staticmethod
     def dellink_message(ifname: str) -> tuple[int, bytes]:
         return RTM_DELLINK, _IFI.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _attr(
             IFLA_IFNAME, ifname.encode() + b"\0"

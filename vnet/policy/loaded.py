@@ -53,6 +53,11 @@ class Loaded:
             out.structure.append(command)
         return out
 
+    def copy(self) -> Loaded:
+        """A copy that later changes to this one do not touch (elements are never mutated in
+        place, only replaced: copying the buckets is enough)."""
+        return Loaded(list(self.structure), {k: dict(v) for k, v in self.elems.items()})
+
     def _add(self, family: str, name: str, elements: Iterable[nj.Json]) -> None:
         bucket = self.elems.setdefault((family, name), {})
         for e in elements:

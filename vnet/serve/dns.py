@@ -155,9 +155,12 @@ class DnsService:
         log.info("DNS for %s listening on %s:%d", self.network.name, self.address, self.port)
 
     def update_guests(self, network: Network) -> None:
-        """The network's guests changed (an attachment came or went): rebuild the names."""
+        """The network's guests changed (an attachment came or went): rebuild the names, if
+        the guests that have names (a reserved address) changed."""
+        before = {(g.name, g.ip) for g in self.network.guests if g.ip}
         self.network = network
-        self._dirty.set()
+        if {(g.name, g.ip) for g in network.guests if g.ip} != before:
+            self._dirty.set()
 
     def _subscribe(self) -> None:
         """Follow lease events, then catch up with the store: leases that changed between
