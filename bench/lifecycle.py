@@ -241,7 +241,7 @@ def run(ns: str, tmp: Path, guests: int, samples: int, hooks: int) -> None:
             v = at[what]
             rows.append((f"API {what}, {level} guests present",
                          f"{pct(v, 0.5) * 1e3:8.1f} {pct(v, 0.99) * 1e3:8.1f}  "
-                         f"nft share {at['nft_share'][0]:.0%} of daemon time (attach+detach)"))
+                         f"nft {at['nft_share'][0]:.0%} of the daemon's reconcile time"))
     rows.append((f"reference attach ({len(ref_attach)} x ip/nft commands)",
                  f"{pct(ref_attach, 0.5) * 1e3:8.1f} {pct(ref_attach, 0.99) * 1e3:8.1f}  "
                  f"6 processes; `ip netns exec` alone costs {exec_cost * 1e3:.1f} ms each"))

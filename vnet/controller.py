@@ -385,16 +385,15 @@ class Controller:
         from vnet.reconcile import check_capabilities
 
         check_capabilities([net])
-        began = time.monotonic()
+        timer = self.nft_latency.observe
         with self._nft_lock:
             if add:
                 leased = [r.ip for r in store_for(self.options.state_dir).active_for(network, guest.mac)]
-                done = guestpath.attach(net, guest, self.filters, leased)
+                done = guestpath.attach(net, guest, self.filters, leased, timer)
             else:
-                done = guestpath.detach(net, guest, self.filters)
+                done = guestpath.detach(net, guest, self.filters, timer)
             if done is not None:
                 self._stamp_dirty = True
-                self.nft_latency.observe(time.monotonic() - began)
                 if not add:
                     self._graves.set()
         if done is None:
@@ -701,8 +700,11 @@ class Controller:
     def port(self, network: str, guest: str) -> dict[str, Any]:
         with self.lock:
             net = self.model.network(network)
-            g = net.guest(guest) if net is not None else None
-            if net is None or g is None:
+            if net is None:
+                known = ", ".join(n.name for n in self.model.networks) or "none"
+                raise NotFound(f"no network named {network!r} is defined (defined: {known})")
+            g = net.guest(guest)
+            if g is None:
                 raise NotFound(f"network {network!r} has no guest {guest!r}")
             return guest_json(net, g)
 

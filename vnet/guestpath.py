@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from vnet.errors import ConflictError
@@ -24,6 +26,8 @@ from vnet.plan import Action, Desired, Observed, PlanConflict, desired_network, 
 from vnet.policy import nftjson as nj
 from vnet.policy.compile import Compiled, Port, guest_commands, new_port
 from vnet.policy.loaded import Loaded
+
+Timer = Callable[[float], None]  # called with the seconds nft took
 
 
 @dataclass
@@ -67,8 +71,15 @@ def _link_actions(net: Network, guest: Guest) -> tuple[list[Action], Observed]:
     return actions, observed
 
 
+def _load(commands: list[nj.Command], timer: Timer | None) -> None:
+    began = time.monotonic()
+    nft.update_elements(commands)
+    if timer is not None:
+        timer(time.monotonic() - began)
+
+
 def attach(net: Network, guest: Guest, mem: FilterMemory | None,
-           leased: list[ipaddress.IPv4Address]) -> list[str] | None:
+           leased: list[ipaddress.IPv4Address], timer: Timer | None = None) -> list[str] | None:
     """Make ``guest``'s port and elements; the lines done, or None for "reconcile in full"."""
     if not _simple(net, guest, mem):
         return None
@@ -85,7 +96,7 @@ def attach(net: Network, guest: Guest, mem: FilterMemory | None,
     with contextlib.ExitStack() as undo:
         done = netlink.apply_actions(actions, undo.callback, observed)
         if commands:
-            nft.update_elements(commands)
+            _load(commands, timer)
             done.append(f"add nftables elements of guest {guest.name} ({len(commands)} sets)")
         undo.pop_all()
     if mem is not None and commands:
@@ -95,7 +106,8 @@ def attach(net: Network, guest: Guest, mem: FilterMemory | None,
     return done
 
 
-def detach(net: Network, guest: Guest, mem: FilterMemory | None) -> list[str] | None:
+def detach(net: Network, guest: Guest, mem: FilterMemory | None,
+           timer: Timer | None = None) -> list[str] | None:
     """Remove ``guest``'s elements and port; the lines done, or None for "reconcile in full"."""
     if not _simple(net, guest, mem):
         return None
@@ -113,7 +125,7 @@ def detach(net: Network, guest: Guest, mem: FilterMemory | None) -> list[str] | 
         commands = list(guest_commands(guest, port, add=False))
     done: list[str] = []
     if commands:
-        nft.update_elements(commands)
+        _load(commands, timer)
         done.append(f"delete nftables elements of guest {guest.name} ({len(commands)} sets)")
         assert mem is not None
         mem.loaded.apply(commands)

@@ -43,10 +43,9 @@ def make_attachment(network: Network, guest: str, mac: str, *, ifname: str | Non
         kind = PortKind(port)
     except ValueError as err:
         raise ValueError(f"port {port!r} is not one of tap, macvtap, veth") from err
-    try:
-        where = Origin(origin)
-    except ValueError as err:
-        raise ValueError(f"origin {origin!r} is not one of api, qemu, libvirt") from err
+    if origin not in (Origin.API, Origin.QEMU, Origin.LIBVIRT):
+        raise ValueError(f"origin {origin!r} is not one of api, qemu, libvirt")
+    where = Origin(origin)
     if ifname is None and not pending:
         ifname = default_port_ifname(network.name, guest)
     if ifname is not None:

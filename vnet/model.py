@@ -49,7 +49,7 @@ BOND_MODES = (
 def normalize_mac(text: str) -> str:
     """``52-54-00-AB-CD-EF`` -> ``52:54:00:ab:cd:ef``; ValueError if it is not a MAC."""
     parts = text.replace("-", ":").split(":")
-    if len(parts) != 6 or not all(len(p) == 2 for p in parts):
+    if len(parts) != 6 or not all(len(p) == 2 and p.isascii() and p.isalnum() for p in parts):
         raise ValueError(f"{text!r} is not a MAC address (want six hex pairs, e.g. 52:54:00:00:00:01)")
     try:
         octets = bytes(int(p, 16) for p in parts)
@@ -65,7 +65,7 @@ def check_ifname(name: str) -> str:
         raise ValueError("interface name is empty")
     if len(raw) > IFNAMSIZ:
         raise ValueError(f"interface name {name!r} is {len(raw)} bytes, the kernel allows {IFNAMSIZ}")
-    if name in (".", "..") or any(c in name for c in "/: \t\n\0"):
+    if name in (".", "..") or any(c in name for c in "/: \t\n\r\v\f\0"):
         raise ValueError(f"interface name {name!r} contains a character the kernel refuses")
     return name
 

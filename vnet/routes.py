@@ -156,6 +156,8 @@ class Api:
     def leases(self, req: Request) -> Response:
         networks = req.query.get("network")
         network = networks[0] if networks else None
+        if network is not None:
+            self._net_json(network)  # 404 naming the defined networks
         rows = []
         for r in store_for(self.state_dir).all_leases(network):
             row = asdict(r)

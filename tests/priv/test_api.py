@@ -293,7 +293,7 @@ def test_reads_answer_as_documented(lab: DhcpLab, client: Client, netns_factory:
     leases = client("GET", "/v1/leases", expect=200)
     assert [(r["network"], r["mac"], r["ip"], r["state"]) for r in leases] == [("lab", MAC1, ip, "bound")]
     assert client("GET", "/v1/leases?network=lab", expect=200) == leases
-    assert client("GET", "/v1/leases?network=other", expect=200) == []
+    assert "defined: lab" in client("GET", "/v1/leases?network=other", expect=404)["error"]
     # /metrics: Prometheus text, every sample of a declared family, values that say what is so
     status_code, headers, data = raw_exchange(lab.run_dir / "vnet.sock", http_bytes("GET", "/metrics"))
     assert status_code == 200
