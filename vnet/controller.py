@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import queue
 import threading
 import time
@@ -37,7 +38,8 @@ from vnet.serve import Service, ServiceContext
 
 log = logging.getLogger(__name__)
 
-CHECK_EVERY = 30.0  # seconds between full drift checks (link events trigger targeted ones)
+# seconds between full drift checks (link events trigger targeted ones); VNET_CHECK_EVERY
+CHECK_EVERY = float(os.environ.get("VNET_CHECK_EVERY", "30"))
 REAP_AFTER = 0.5  # idle seconds before detached ports are deleted (in one call)
 REAP_WITHIN = 10.0  # ... and at most this long after the first of them
 COALESCED = ("reload", "check")
@@ -118,7 +120,7 @@ class Controller:
             "reload": self._reload, "attach": self._attach, "detach": self._detach,
             "check": self._check, "gc": self._gc, "port-up": self._port_up,
             "check-guest": self._check_guest, "port-appeared": self._port_appeared,
-            "plan": self._plan, "check-links": self._check_links,
+            "plan": self._plan, "check-links": self._check_links, "repair-nft": self._repair_nft,
         }
         self._next_check = 0.0
         self._mismatch_seen: dict[str, int] = {}
@@ -127,6 +129,10 @@ class Controller:
         self.filters: FilterMemory | None = None
         self._graves = threading.Event()  # set: buried links wait for deletion
         self._last_intent = 0.0
+        # nft drift against the kernel: every change vnet makes to its tables bumps _nft_gen;
+        # the survey fingerprints the tables and remembers what it saw for that generation.
+        self._nft_gen = 0
+        self._kernel_view: tuple[int, str] | None = None
         self._surveyor: threading.Thread | None = None
         self._stopping = threading.Event()
         self._reaper: threading.Thread | None = None
@@ -261,6 +267,7 @@ class Controller:
         self._write_stamp()
         if not self.options.apply_l2:
             return
+        self._survey_nft()
         with self._nft_lock:
             baseline = self.filters.loaded.copy() if self.filters else None
         try:
@@ -271,6 +278,44 @@ class Controller:
             return
         if lines:
             self.post("check")
+
+    def _survey_nft(self) -> None:
+        """Rules or elements edited inside vnet's tables by someone else: found by comparing
+        the kernel's tables with what they were after vnet's last change, repaired by loading
+        the whole document again (one transaction)."""
+        from vnet.host import nft
+
+        if self.filters is None:
+            return
+        with self._nft_lock:
+            gen = self._nft_gen
+        try:
+            seen = nft.fingerprint()
+        except VnetError as err:
+            log.warning("cannot read vnet's nft tables: %s", err)
+            return
+        with self._nft_lock:
+            if gen != self._nft_gen:
+                return  # vnet changed them meanwhile: look again next time
+            if self._kernel_view is None or self._kernel_view[0] != gen:
+                self._kernel_view = (gen, seen)  # what vnet's last change made
+                return
+            drifted = self._kernel_view[1] != seen
+        if drifted:
+            log.warning("vnet's nftables tables were changed by someone else: loading them again")
+            self.post("repair-nft")
+
+    def _repair_nft(self) -> dict[str, Any]:
+        from vnet.host import nft
+
+        with self._nft_lock:
+            if self.filters is None:
+                return {"changes": []}
+            nft.replace(self.filters.loaded.document())
+            self._nft_gen += 1
+            self._kernel_view = (self._nft_gen, nft.fingerprint())  # what it is now, for sure
+        self.counters["repairs"] += 1
+        return {"changes": ["replace nftables tables bridge vnet, inet vnet (someone edited them)"]}
 
     def _reap(self) -> None:
         """Delete buried ports in batches (one kernel call per batch, off the worker)."""
@@ -328,6 +373,12 @@ class Controller:
                 self.filters = (FilterMemory(fp.compiled, Loaded.of(fp.document))
                                 if fp.document is not None and fp.compiled is not None else None)
                 self._stamp_dirty = False  # apply_planned wrote it
+                if fp.change is not None:
+                    self._nft_gen += 1
+                    if fp.document is not None:  # rare (start, reload): record the tables now
+                        from vnet.host import nft
+
+                        self._kernel_view = (self._nft_gen, nft.fingerprint())
         recreated = {a.network for a in planned.actions
                      if a.kind == "bridge" and a.op in ("create", "replace")}
         for line in done:
@@ -361,6 +412,7 @@ class Controller:
 
         with self._nft_lock:
             nft.update_elements(commands)
+            self._nft_gen += 1
             if self.filters is not None:
                 self.filters.loaded.apply(commands)
                 self._stamp_dirty = True
@@ -394,6 +446,7 @@ class Controller:
                 done = guestpath.detach(net, guest, self.filters, timer)
             if done is not None:
                 self._stamp_dirty = True
+                self._nft_gen += 1
                 if not add:
                     self._graves.set()
         if done is None:

@@ -230,6 +230,40 @@ def port_marks() -> dict[str, int]:
     return marks
 
 
+def _strip(obj: Any) -> Any:
+    """A listed object without what the kernel assigns or counts (handles, counters)."""
+    if isinstance(obj, dict):
+        return {k: _strip(v) for k, v in obj.items() if k not in ("handle", "counter")}
+    if isinstance(obj, list):
+        return [_strip(v) for v in obj]
+    return obj
+
+
+def fingerprint() -> str:
+    """A digest of vnet's tables as the kernel holds them now (handles, counters and the
+    dynamic ``mac_mismatch`` set left out; elements in a canonical order). Two listings of the
+    same contents give the same digest; any edit of a rule, chain, set or element changes it."""
+    import hashlib
+
+    parts: list[Any] = []
+    for family, name in TABLES:
+        items = list_table(family, name)
+        if items is None:
+            parts.append([family, None])
+            continue
+        for item in items:
+            if not isinstance(item, dict) or "metainfo" in item:
+                continue
+            body = next(iter(item.values()))
+            if isinstance(body, dict) and body.get("name") == "mac_mismatch":
+                body = {k: v for k, v in body.items() if k != "elem"}
+            body = _strip(body)
+            if isinstance(body, dict) and isinstance(body.get("elem"), list):
+                body["elem"] = sorted(body["elem"], key=lambda e: json.dumps(e, sort_keys=True))
+            parts.append([next(iter(item)), body])
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
 def mac_mismatches() -> dict[str, int]:
     """Frames per port from a MAC its guest was not declared with (``bridge vnet`` set
     ``mac_mismatch``, counted by the kernel): ifname -> packets. {} without vnet's tables."""
