@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from vnet.errors import ConflictError
 from vnet.host import netlink, nft
 from vnet.model import Guest, Mode, Network
-from vnet.plan import Action, Desired, Observed, PlanConflict, desired_network, plan
+from vnet.plan import Action, Desired, Observed, PlanConflict, desired_port, plan
 from vnet.policy import nftjson as nj
 from vnet.policy.compile import Compiled, Port, guest_commands, new_port
 from vnet.policy.loaded import Loaded
@@ -63,7 +63,7 @@ def _link_actions(net: Network, guest: Guest) -> tuple[list[Action], Observed]:
     if net.uplink is not None:
         names.append(net.uplink.device)
     observed = netlink.observe_links(names)
-    spec = next(s for s in desired_network(net).links if s.ifname == guest.ifname)
+    spec = desired_port(net, guest)
     try:
         actions = plan(Desired(links=(spec,)), observed, scope=[])
     except PlanConflict as err:

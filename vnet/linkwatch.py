@@ -21,23 +21,48 @@ import threading
 from vnet.controller import Controller
 from vnet.host.netlink import link_state
 from vnet.host.rtnl import LinkEvents, RawLink
-from vnet.model import Model
-from vnet.plan import LinkSpec, desired_model, drifted
+from vnet.model import Guest, Model, Network
+from vnet.plan import LinkSpec, desired_network, desired_port, drifted
 
 log = logging.getLogger(__name__)
 
 DEBOUNCE = 0.05
 
 
-def _watched(model: Model) -> tuple[dict[str, LinkSpec], dict[str, str]]:
-    """The links vnet wants (name -> spec), and bridge name -> network."""
-    specs = {s.ifname: s for s in desired_model(model.networks).links}
-    bridges = {net.bridge.name: net.name for net in model.networks if net.bridge is not None}
-    for net in model.networks:
-        if net.uplink is not None and net.uplink.device not in specs:
-            specs[net.uplink.device] = LinkSpec(ifname=net.uplink.device, kind="", network=net.name,
-                                                role="uplink")
-    return specs, bridges
+class _Wanted:
+    """The links vnet wants, by name; a link's spec is computed only when an event names it
+    (an index of names costs O(n) per model change, specs for all of them much more)."""
+
+    def __init__(self, model: Model) -> None:
+        self.model = model
+        self.bridges = {n.bridge.name: n.name for n in model.networks if n.bridge is not None}
+        self._where: dict[str, tuple[Network, Guest | None]] = {}
+        for net in model.networks:
+            for g in net.guests:
+                self._where[g.ifname] = (net, g)
+            for name in self._network_links(net):
+                self._where.setdefault(name, (net, None))
+
+    @staticmethod
+    def _network_links(net: Network) -> list[str]:
+        names = [net.bridge.name] if net.bridge is not None else []
+        if net.uplink is not None:
+            names.append(net.uplink.device)
+            if net.uplink.bond is not None:
+                names.append(net.uplink.bond.name)
+        return names
+
+    def spec(self, ifname: str) -> LinkSpec | None:
+        found = self._where.get(ifname)
+        if found is None:
+            return None
+        net, guest = found
+        if guest is not None:
+            return desired_port(net, guest)
+        spec = next((s for s in desired_network(net).links if s.ifname == ifname), None)
+        if spec is None:  # a foreign uplink vnet only names
+            return LinkSpec(ifname=ifname, kind="", network=net.name, role="uplink")
+        return spec
 
 
 def _name(index_names: dict[int, str], index: int) -> str | None:
@@ -76,9 +101,7 @@ class LinkWatch:
     def _run(self) -> None:
         index_names: dict[int, str] = {}
         told: set[int] = set()  # ports already reported as appeared (once per link)
-        cached_model: Model | None = None
-        specs: dict[str, LinkSpec] = {}
-        bridges: dict[str, str] = {}
+        wanted: _Wanted | None = None
         while not self._stop.is_set():
             events_fd = self._events.fileno()
             ready, _, _ = select.select([events_fd, self._wake_r.fileno()], [], [])
@@ -94,8 +117,9 @@ class LinkWatch:
                 self.c.post("check")
                 continue
             model, _ = self.c.snapshot()
-            if model is not cached_model:
-                cached_model, (specs, bridges) = model, _watched(model)
+            if wanted is None or wanted.model is not model:
+                wanted = _Wanted(model)
+            bridges = wanted.bridges
             check = False
             suspects: set[str] = set()
             last: dict[str, tuple[str, RawLink]] = {}
@@ -107,7 +131,7 @@ class LinkWatch:
                 last[raw.ifname] = (kind, raw)
             for ifname, (kind, raw) in last.items():
                 bridge = _name(index_names, raw.master) if raw.master else None
-                spec = specs.get(ifname)
+                spec = wanted.spec(ifname)
                 if spec is not None:
                     # the last state of the burst: vnet's own changes end as wanted
                     if kind == "del" or drifted(spec, link_state(raw, index_names)):

@@ -13,7 +13,7 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
-from vnet.model import Mode, Network, PortKind, PortVlan
+from vnet.model import Guest, Mode, Network, PortKind, PortVlan
 from vnet.naming import GRAVE_ALIAS, alias, link_group, parse_alias
 
 # Creation order of kinds: a link's parent always has a lower rank.
@@ -232,27 +232,28 @@ def desired_network(net: Network) -> Desired:
                         for v in (*g.vlan.tagged, *((g.vlan.pvid,) if g.vlan.pvid else ()))}
                 trunk = PortVlan(pvid=1, tagged=tuple(sorted(vids - {1})))
             enslave.append(Enslave(up.device, br.name, net.name, "uplink", port_vlan=trunk))
-    for g in net.guests:
-        common = {"ifname": g.ifname, "network": net.name, "role": "port", "guest": g.name}
-        if g.port == PortKind.MACVTAP:
-            assert up is not None
-            links.append(LinkSpec(kind="macvtap", parent=up.device, mac=g.mac,
-                                  macvtap_mode=net.macvtap_mode.value, **common))  # type: ignore[arg-type]
-            continue
-        master = net.bridge.name if net.bridge else None
-        mtu = net.bridge.mtu if net.bridge else None
-        if g.port == PortKind.VETH:
-            links.append(LinkSpec(kind="veth", master=master, mtu=mtu, peer_netns=g.netns,
-                                  peer_mac=g.mac, port_vlan=g.vlan, **common))  # type: ignore[arg-type]
-        else:
-            links.append(LinkSpec(kind="tap", master=master, mtu=mtu, owner=g.owner,
-                                  tap_group=g.group, multi_queue=g.multi_queue,
-                                  vnet_hdr=g.vnet_hdr, port_vlan=g.vlan,
-                                  **common))  # type: ignore[arg-type]
+    links += [desired_port(net, g) for g in net.guests]
     sysctls: list[tuple[str, str]] = []
     if net.mode in (Mode.NAT, Mode.ROUTE):
         sysctls.append(("net.ipv4.ip_forward", "1"))
     return Desired(tuple(links), tuple(enslave), tuple(needs), tuple(sysctls))
+
+
+def desired_port(net: Network, g: Guest) -> LinkSpec:
+    """The port of one guest (O(1): what a per-guest change needs, without the network's)."""
+    common = {"ifname": g.ifname, "network": net.name, "role": "port", "guest": g.name}
+    if g.port == PortKind.MACVTAP:
+        assert net.uplink is not None
+        return LinkSpec(kind="macvtap", parent=net.uplink.device, mac=g.mac,
+                        macvtap_mode=net.macvtap_mode.value, **common)  # type: ignore[arg-type]
+    master = net.bridge.name if net.bridge else None
+    mtu = net.bridge.mtu if net.bridge else None
+    if g.port == PortKind.VETH:
+        return LinkSpec(kind="veth", master=master, mtu=mtu, peer_netns=g.netns,
+                        peer_mac=g.mac, port_vlan=g.vlan, **common)  # type: ignore[arg-type]
+    return LinkSpec(kind="tap", master=master, mtu=mtu, owner=g.owner, tap_group=g.group,
+                    multi_queue=g.multi_queue, vnet_hdr=g.vnet_hdr, port_vlan=g.vlan,
+                    **common)  # type: ignore[arg-type]
 
 
 def desired_model(networks: Iterable[Network]) -> Desired:
