@@ -265,6 +265,8 @@ class Controller:
 
         self._log_mac_mismatches()
         self._write_stamp()
+        with contextlib.suppress(VnetError):
+            self.store.checkpoint()
         if not self.options.apply_l2:
             return
         self._survey_nft()
@@ -334,6 +336,7 @@ class Controller:
             self._graves.clear()
             try:
                 reap_graves()
+                self.store.checkpoint()  # idle too: the attachment log folded in here
             except VnetError as err:
                 log.warning("deleting detached ports failed (a reconcile will): %s", err)
         with contextlib.suppress(VnetError):

@@ -8,6 +8,8 @@ Must not read files, the kernel or the attachment store: callers pass what they 
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
@@ -113,17 +115,28 @@ def attach_problems(model: Model, att: Attachment, known_policies: Iterable[str]
     return out
 
 
-def as_guest(net: Network, att: Attachment) -> Guest:
+def _reserved(net: Network) -> dict[str, ipaddress.IPv4Address]:
+    if net.ipv4 is None or net.ipv4.dhcp is None:
+        return {}
+    return {r.mac: r.ip for r in net.ipv4.dhcp.reservations if r.mac is not None}
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _guest(att: Attachment, reserved: ipaddress.IPv4Address | None) -> Guest:
     assert att.ifname is not None
-    reserved = None
-    if net.ipv4 is not None and net.ipv4.dhcp is not None:
-        reserved = next((r.ip for r in net.ipv4.dhcp.reservations if r.mac == att.mac), None)
     return Guest(name=att.guest, mac=att.mac, ifname=att.ifname, port=att.port,
                  policies=att.policies, netns=att.netns, ip=reserved, origin=att.origin)
 
 
+def as_guest(net: Network, att: Attachment) -> Guest:
+    return _guest(att, _reserved(net).get(att.mac))
+
+
 def with_attachments(model: Model, attachments: Iterable[Attachment]) -> Model:
-    """``model`` with each attachment as a guest of its network (unknown networks: skipped)."""
+    """``model`` with each attachment as a guest of its network (unknown networks: skipped).
+
+    Called on every guest change with every attachment: the Guest of an unchanged attachment
+    is the same object each time (memoised), and reservations are looked up by MAC."""
     extra: dict[str, list[Attachment]] = {}
     for att in attachments:
         extra.setdefault(att.network, []).append(att)
@@ -132,8 +145,12 @@ def with_attachments(model: Model, attachments: Iterable[Attachment]) -> Model:
     networks = []
     for net in model.networks:
         atts = sorted(extra.get(net.name, ()), key=lambda a: a.guest)
+        if not atts:
+            networks.append(net)
+            continue
         declared = {g.name for g in net.guests}
-        added = tuple(as_guest(net, a) for a in atts
+        reserved = _reserved(net)
+        added = tuple(_guest(a, reserved.get(a.mac)) for a in atts
                       if a.guest not in declared and a.ifname is not None)
         networks.append(replace(net, guests=net.guests + added) if added else net)
     return replace(model, networks=tuple(networks))
