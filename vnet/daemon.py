@@ -22,16 +22,16 @@ import select
 import signal
 import socket
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from vnet import api
 from vnet.controller import Controller, ControllerOptions
 from vnet.errors import ApiError
 from vnet.events import EventBus
-from vnet.leases import close_store, read_leases, store_for
+from vnet.leases import close_store, store_for
 from vnet.serve import ServiceContext
 
 if TYPE_CHECKING:
@@ -188,17 +188,6 @@ class Daemon:
             (self.options.run_dir / PID_NAME).unlink()
         os.close(self._pid_fd)
         self._pid_fd = None
-
-
-def _lease_json(record: dict[str, Any]) -> dict[str, Any]:
-    record["ip"] = str(record["ip"])
-    record["client"] = record["client"].hex()
-    return record
-
-
-def lease_rows(state_dir: Path, network: str | None) -> list[dict[str, Any]]:
-    """Leases straight from the database (no daemon needed), as JSON-able dicts."""
-    return [_lease_json(asdict(r)) for r in read_leases(state_dir / "leases.db", network)]
 
 
 def run(options: DaemonOptions) -> int:

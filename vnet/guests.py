@@ -128,10 +128,6 @@ def _guest(att: Attachment, reserved: ipaddress.IPv4Address | None) -> Guest:
                  policies=att.policies, netns=att.netns, ip=reserved, origin=att.origin)
 
 
-def as_guest(net: Network, att: Attachment) -> Guest:
-    return _guest(att, _reserved(net).get(att.mac))
-
-
 def with_attachments(model: Model, attachments: Iterable[Attachment]) -> Model:
     """``model`` with each attachment as a guest of its network (unknown networks: skipped).
 
@@ -161,16 +157,6 @@ def find_port(model: Model, ifname: str) -> tuple[Network, Guest] | None:
     for net in model.networks:
         for g in net.guests:
             if g.ifname == ifname:
-                return net, g
-    return None
-
-
-def find_mac(model: Model, network: str | None, mac: str) -> tuple[Network, Guest] | None:
-    for net in model.networks:
-        if network is not None and net.name != network:
-            continue
-        for g in net.guests:
-            if g.mac == mac:
                 return net, g
     return None
 

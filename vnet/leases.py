@@ -72,6 +72,13 @@ class LeaseRecord:
         return self.state == BOUND and self.expires > time.time()
 
 
+def lease_json(record: LeaseRecord) -> dict[str, object]:
+    """A lease as the API and ``vnet leases --json`` show it (address and client id as text)."""
+    return {"network": record.network, "ip": str(record.ip), "mac": record.mac,
+            "hostname": record.hostname, "expires": record.expires, "state": record.state,
+            "client": record.client.hex()}
+
+
 def _record(row: tuple[str, str, str, bytes, str | None, float, str]) -> LeaseRecord:
     network, ip, mac, client, hostname, expires, state = row
     return LeaseRecord(network, ipaddress.IPv4Address(ip), mac, hostname, expires, state, client)

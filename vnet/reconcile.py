@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,6 +23,8 @@ from vnet.model import Mode, Model, Network, PortKind
 from vnet.plan import Action, Observed, PlanConflict, desired_model, plan, plan_down, restrict
 from vnet.policy.compile import Compiled
 from vnet.policy.loaded import Loaded
+
+log = logging.getLogger(__name__)
 
 RULESET_STAMP = "nftables.json"  # the document last loaded, in the state dir
 HANDOFF_SYSCTLS = {"ip": "net.bridge.bridge-nf-call-iptables", "ip6": "net.bridge.bridge-nf-call-ip6tables"}
@@ -196,9 +199,10 @@ def apply_filter_plan(fp: FilterPlan) -> list[str]:
     if fp.elements is not None:
         try:
             nft.update_elements(fp.elements)
-        except nft.NftError:
+        except nft.NftError as err:
             # The baseline was stale (a daemon killed after changes it had not written down):
             # load the whole document instead, in one transaction as always.
+            log.warning("element update refused (%s): loading vnet's tables whole", err)
             nft.replace(fp.document)
     else:
         nft.replace(fp.document)

@@ -12,14 +12,14 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from vnet.controller import BadRequest, Conflict, Controller, NotFound, guest_json
 from vnet.errors import ApiError, CapabilityError, ConfigError, ConflictError, HookError, HostError, VnetError
 from vnet.http import HttpError, Request, Response, Router
-from vnet.leases import store_for
+from vnet.leases import lease_json, store_for
+from vnet.model import Network
 
 API = "/v1"
 
@@ -107,12 +107,17 @@ class Api:
         model, _ = self.c.snapshot()
         return Response.json([self._net_json(n.name) for n in model.networks])
 
-    def _net_json(self, name: str) -> dict[str, Any]:
-        model, problems = self.c.snapshot()
+    def _network(self, name: str) -> Network:
+        model, _ = self.c.snapshot()
         net = model.network(name)
         if net is None:
             raise NotFound(f"no network named {name!r} is defined "
                            f"(defined: {', '.join(n.name for n in model.networks) or 'none'})")
+        return net
+
+    def _net_json(self, name: str) -> dict[str, Any]:
+        net = self._network(name)
+        _, problems = self.c.snapshot()
         out: dict[str, Any] = {
             "name": net.name, "mode": str(net.mode), "source": net.source,
             "bridge": net.bridge.name if net.bridge else None,
@@ -128,11 +133,7 @@ class Api:
         return Response.json(self._net_json(req.params["network"]))
 
     def guests(self, req: Request) -> Response:
-        model, _ = self.c.snapshot()
-        net = model.network(req.params["network"])
-        if net is None:
-            self._net_json(req.params["network"])  # raises NotFound with the known names
-            raise AssertionError  # pragma: no cover
+        net = self._network(req.params["network"])
         leased = self._leased(net.name)
         return Response.json([self._with_lease(guest_json(net, g), leased) for g in net.guests])
 
@@ -157,14 +158,8 @@ class Api:
         networks = req.query.get("network")
         network = networks[0] if networks else None
         if network is not None:
-            self._net_json(network)  # 404 naming the defined networks
-        rows = []
-        for r in store_for(self.state_dir).all_leases(network):
-            row = asdict(r)
-            row["ip"] = str(row["ip"])
-            row["client"] = row["client"].hex()
-            rows.append(row)
-        return Response.json(rows)
+            self._network(network)  # 404 naming the defined networks
+        return Response.json([lease_json(r) for r in store_for(self.state_dir).all_leases(network)])
 
     def guest_check(self, req: Request) -> Response:
         result = self.c.submit("check-guest", network=req.params["network"],

@@ -10,7 +10,7 @@ import json
 import time
 from typing import Any
 
-from vnet.daemon import lease_rows
+from vnet.leases import lease_json, read_leases
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -24,7 +24,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     now = time.time()
-    rows = lease_rows(args.state_dir, args.network)
+    rows: list[dict[str, Any]] = [lease_json(r) for r in
+                                  read_leases(args.state_dir / "leases.db", args.network)]
     for row in rows:
         if row["state"] == "bound" and row["expires"] <= now:
             row["state"] = "expired"
